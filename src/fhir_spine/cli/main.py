@@ -1,0 +1,63 @@
+"""Entry point: wires the subcommands; each lives in its own module under `cli/`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fhir_spine import __version__
+from fhir_spine.errors import ExitCode, SpineError
+from fhir_spine.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fhir_spine.cli import extract, synth
+
+    parser = argparse.ArgumentParser(
+        prog="fhir-spine",
+        description="Reconstruct the spinal oncology biopsy -> stabilization -> therapy "
+        "pathway from FHIR R4 and write analysis-ready tables.",
+    )
+    parser.add_argument("--version", action="version", version=f"fhir-spine {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="json: one JSON object per log line, for schedulers",
+    )
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (extract, synth):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(debug=args.debug, fmt=args.log_format, quiet=args.quiet)
+    try:
+        return int(args.func(args))
+    except SpineError as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"fhir-spine: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("fhir-spine: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: keep the user's terminal readable
+        if args.debug:
+            raise
+        print(
+            f"fhir-spine: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

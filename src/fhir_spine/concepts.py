@@ -1,0 +1,166 @@
+"""Code system + code -> pathway concept, from `mappings/concepts.yaml`.
+
+Site-specific codes live in data, not here: an integration engineer extends the map
+with `--mappings DIR` after reading the `codes` table of a first run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_spine.errors import ConfigError
+
+ELEMENTS = (
+    "procedure", "observation", "value", "report", "finding", "medication",
+    "reason", "priority", "body-site",
+)
+_RANGE = re.compile(r"^([A-Z])(\d\d)-([A-Z])(\d\d)$")
+
+
+@dataclass(frozen=True)
+class Coding:
+    """One coding as the views flatten it: `system|code|display`."""
+
+    system: str
+    code: str
+    display: str = ""
+
+    @classmethod
+    def parse(cls, flat: str) -> Coding:
+        system, _, rest = flat.partition("|")
+        code, _, display = rest.partition("|")
+        return cls(system, code, display)
+
+
+def parse_codings(values: Iterable[str] | None) -> tuple[Coding, ...]:
+    if not values:
+        return ()
+    return tuple(c for c in (Coding.parse(v) for v in values if v) if c.code)
+
+
+@dataclass(frozen=True)
+class Match:
+    concept: str
+    coding: Coding
+    value: float | None = None
+    requires: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    concept: str
+    system: str
+    code: str | None = None
+    prefix: str | None = None
+    low: str | None = None
+    high: str | None = None
+    value: float | None = None
+    requires: str | None = None
+
+    def matches(self, coding: Coding) -> bool:
+        if coding.system != self.system:
+            return False
+        if self.code is not None:
+            return coding.code == self.code
+        if self.prefix is not None:
+            return coding.code.upper().startswith(self.prefix.upper())
+        category = coding.code.upper()[:3]
+        return self.low is not None and self.high is not None and self.low <= category <= self.high
+
+
+@dataclass
+class ConceptMap:
+    """All entries, grouped by element, in file order (first match wins)."""
+
+    entries: dict[str, list[_Entry]] = field(default_factory=dict)
+    meanings: dict[str, str] = field(default_factory=dict)
+    element_of: dict[str, str] = field(default_factory=dict)
+    system_aliases: dict[str, str] = field(default_factory=dict)
+    _cache: dict[tuple[str, str, str], _Entry | None] = field(default_factory=dict, repr=False)
+
+    def lookup(self, element: str, coding: Coding) -> Match | None:
+        key = (element, coding.system, coding.code)
+        if key not in self._cache:
+            self._cache[key] = next(
+                (e for e in self.entries.get(element, ()) if e.matches(coding)), None
+            )
+        entry = self._cache[key]
+        if entry is None:
+            return None
+        return Match(entry.concept, coding, entry.value, entry.requires)
+
+    def first(self, element: str, codings: Iterable[Coding]) -> Match | None:
+        """The best match among a resource's codings: earliest concept in file order."""
+        best: tuple[int, Match] | None = None
+        order = self._order(element)
+        for coding in codings:
+            match = self.lookup(element, coding)
+            if match is not None:
+                rank = order[match.concept]
+                if best is None or rank < best[0]:
+                    best = (rank, match)
+        return best[1] if best else None
+
+    def all(self, element: str, codings: Iterable[Coding]) -> list[Match]:
+        return [m for c in codings if (m := self.lookup(element, c)) is not None]
+
+    def _order(self, element: str) -> dict[str, int]:
+        order: dict[str, int] = {}
+        for entry in self.entries.get(element, ()):
+            order.setdefault(entry.concept, len(order))
+        return order
+
+    def system_url(self, alias: str) -> str:
+        return self.system_aliases.get(alias, alias)
+
+
+def build_concept_map(documents: list[Mapping[str, Any]]) -> ConceptMap:
+    """Merge concept documents; earlier documents take precedence (site over default)."""
+    cmap = ConceptMap()
+    for doc in documents:
+        for alias, url in (doc.get("systems") or {}).items():
+            cmap.system_aliases.setdefault(str(alias), str(url))
+    for doc in documents:
+        for name, spec in (doc.get("concepts") or {}).items():
+            _add_concept(cmap, str(name), spec)
+    return cmap
+
+
+def _add_concept(cmap: ConceptMap, name: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"concepts: {name!r} must be a mapping")
+    element = spec.get("element")
+    if element not in ELEMENTS:
+        raise ConfigError(f"concepts: {name!r} has element {element!r}; expected one of "
+                          f"{', '.join(ELEMENTS)}")
+    if name in cmap.element_of and cmap.element_of[name] != element:
+        raise ConfigError(f"concepts: {name!r} is defined for two elements")
+    cmap.element_of[name] = element
+    cmap.meanings.setdefault(name, str(spec.get("meaning", "")))
+    for raw in spec.get("codes") or []:
+        cmap.entries.setdefault(element, []).append(_entry(cmap, name, raw))
+
+
+def _entry(cmap: ConceptMap, concept: str, raw: Any) -> _Entry:
+    if not isinstance(raw, Mapping) or "system" not in raw:
+        raise ConfigError(f"concepts: {concept!r} has a code entry without a system: {raw!r}")
+    system = cmap.system_url(str(raw["system"]))
+    value = raw.get("value")
+    common: dict[str, Any] = {
+        "concept": concept, "system": system,
+        "value": float(value) if value is not None else None,
+        "requires": raw.get("requires"),
+    }
+    if "code" in raw:
+        return _Entry(code=str(raw["code"]), **common)
+    if "prefix" in raw:
+        return _Entry(prefix=str(raw["prefix"]), **common)
+    if "range" in raw:
+        m = _RANGE.match(str(raw["range"]).upper())
+        if not m:
+            raise ConfigError(f"concepts: {concept!r} range {raw['range']!r} is not like C81-C96")
+        return _Entry(low=m.group(1) + m.group(2), high=m.group(3) + m.group(4), **common)
+    raise ConfigError(f"concepts: {concept!r} entry needs code, prefix or range: {raw!r}")

@@ -1,0 +1,380 @@
+"""View rows -> the pathway's typed records, tagged with concepts.
+
+This is where FHIR's variety is absorbed: status and intent rules, `performed[x]`
+choices, coded or numeric observation values, medication by code or by reference, and
+every code seen is tallied for the `codes` table. Each row either becomes a record or an
+`Issue` that says why not.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fhir_spine.concepts import Coding, ConceptMap, parse_codings
+from fhir_spine.issues import Issue
+from fhir_spine.pathway.model import (
+    ClinicalEvent,
+    ConditionRecord,
+    EncounterRecord,
+    Measurement,
+    PathologyReport,
+    PatientRecord,
+    Source,
+)
+from fhir_spine.pathway.time import UnparseableTime, When, parse_when
+from fhir_spine.settings import PathwaySettings
+
+Row = dict[str, Any]
+SEXES = {"female", "male", "other", "unknown"}
+
+
+@dataclass
+class CodeTally:
+    """Every code seen, per resource type and element, with resource and patient counts."""
+
+    resources: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    patients: dict[tuple[str, str, str, str], set[str]] = field(
+        default_factory=lambda: defaultdict(set))
+    displays: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+    concepts: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+
+    def add(self, resource_type: str, element: str, codings: Iterable[Coding],
+            patient_id: str, concept_of: dict[Coding, str] | None = None) -> None:
+        for c in set(codings):
+            key = (resource_type, element, c.system, c.code)
+            self.resources[key] += 1
+            if patient_id:
+                self.patients[key].add(patient_id)
+            if c.display and key not in self.displays:
+                self.displays[key] = c.display
+            if concept_of and c in concept_of:
+                self.concepts[key] = concept_of[c]
+
+
+@dataclass
+class PatientBundle:
+    """All normalised records of one patient, before the pathway sees them."""
+
+    events: list[ClinicalEvent] = field(default_factory=list)
+    reports: list[PathologyReport] = field(default_factory=list)
+    conditions: list[ConditionRecord] = field(default_factory=list)
+    encounters: list[EncounterRecord] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+
+
+@dataclass
+class Normaliser:
+    concepts: ConceptMap
+    settings: PathwaySettings
+    patients: dict[str, PatientRecord] = field(default_factory=dict)
+    medications: dict[str, tuple[Coding, ...]] = field(default_factory=dict)
+    referenced_medications: set[str] = field(default_factory=set)
+    by_patient: dict[str, PatientBundle] = field(default_factory=lambda: defaultdict(PatientBundle))
+    issues: list[Issue] = field(default_factory=list)
+    codes: CodeTally = field(default_factory=CodeTally)
+    measurement_rows: list[tuple[str, Measurement]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ helpers
+    def _issue(self, severity: str, code: str, message: str, row: Row, patient_id: str = "",
+               *, sets_aside: bool = False) -> None:
+        self.issues.append(Issue(
+            severity, code, message, patient_id, str(row.get("resource_type") or ""),  # type: ignore[arg-type]
+            str(row.get("id") or ""), str(row.get("_origin") or ""), sets_aside))
+
+    def _when(self, raw: Any, row: Row, patient_id: str, what: str) -> When | None:
+        if raw in (None, ""):
+            return None
+        try:
+            when = parse_when(str(raw), self.settings.tz)
+        except UnparseableTime as exc:
+            self._issue("error", "unparseable-date", f"{what}: {exc}", row, patient_id)
+            return None
+        if not when.is_day_precise:
+            self._issue("warning", "partial-date",
+                        f"{what} {raw!r} has {when.precision} precision; not placed on a day",
+                        row, patient_id)
+        return when
+
+    def _levels(self, row: Row, column: str, patient_id: str) -> tuple[str, ...]:
+        codings = parse_codings(row.get(column))
+        matches = {c: m.concept for c in codings
+                   if (m := self.concepts.lookup("body-site", c)) is not None}
+        self.codes.add(row["resource_type"], f"{row['resource_type']}.bodySite", codings,
+                       patient_id, matches)
+        return tuple(sorted({m.removeprefix("level-") for m in matches.values()},
+                            key=_level_order))
+
+    def _patient_of(self, row: Row) -> str | None:
+        """The row's patient id, or None after recording why it cannot be used."""
+        ref = row.get("patient_ref")
+        raw = row.get("patient_reference")
+        if not ref:
+            self._issue("error", "no-patient-reference",
+                        f"{row['resource_type']} has no usable subject/patient reference"
+                        + (f" ({raw!r})" if raw else ""), row, sets_aside=True)
+            return None
+        if ref not in self.patients:
+            self._issue("error", "missing-patient",
+                        f"refers to Patient {ref!r}, which is not in the source", row, str(ref),
+                        sets_aside=True)
+            return None
+        return str(ref)
+
+    # ------------------------------------------------------------------ types
+    def patient(self, row: Row) -> None:
+        pid = str(row["id"])
+        birth: date | None = None
+        when = self._when(row.get("birth_date"), row, pid, "birthDate")
+        if when is not None and when.day is not None:
+            birth = when.day
+        elif row.get("birth_date") in (None, ""):
+            self._issue("warning", "no-birth-date", "Patient has no birthDate; age unknown",
+                        row, pid)
+        gender = str(row.get("gender") or "unknown")
+        self.patients[pid] = PatientRecord(pid, birth, gender if gender in SEXES else "unknown")
+
+    def medication(self, row: Row) -> None:
+        self.medications[str(row["id"])] = parse_codings(row.get("codings"))
+
+    def procedure(self, row: Row) -> None:
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        codings = parse_codings(row.get("codings"))
+        categories = parse_codings(row.get("category_codings"))
+        levels = self._levels(row, "body_site_codings", pid)
+        match = self._procedure_concept(codings, categories, levels)
+        self.codes.add("Procedure", "Procedure.code", codings, pid,
+                       {match.coding: match.concept} if match else None)
+        self.codes.add("Procedure", "Procedure.category", categories, pid)
+        if match is None:
+            self._issue("info", "unmapped-code", "Procedure code not mapped to a pathway "
+                        f"concept: {_show(codings)}", row, pid, sets_aside=True)
+            return
+        start_raw = row.get("performed_datetime") or row.get("performed_period_start")
+        start = self._when(start_raw, row, pid, "performed")
+        if start_raw in (None, "") and row.get("performed_string"):
+            self._issue("warning", "unparseable-date",
+                        f"performedString {row['performed_string']!r} is not a date", row, pid)
+        end = self._when(row.get("performed_period_end"), row, pid, "performedPeriod.end")
+        status = str(row.get("status") or "")
+        ok = status in self.settings.procedure_statuses
+        self.by_patient[pid].events.append(ClinicalEvent(
+            match.concept, Source("Procedure", str(row["id"])), start, end, status,
+            countable=ok, status_note="" if ok else f"status {status or '(none)'}",
+            encounter_id=row.get("encounter_ref") or None,
+            part_of=tuple(r for r in row.get("part_of_refs") or () if r),
+            levels=levels, coding=match.coding))
+
+    def _procedure_concept(self, codings: tuple[Coding, ...], categories: tuple[Coding, ...],
+                           levels: tuple[str, ...]):  # type: ignore[no-untyped-def]
+        for group in (codings, categories):
+            matches = [m for m in self.concepts.all("procedure", group)
+                       if m.requires != "vertebral-body-site" or levels]
+            if matches:
+                order = self.concepts._order("procedure")
+                return min(matches, key=lambda m: order[m.concept])
+        return None
+
+    def medication_use(self, row: Row) -> None:
+        """MedicationRequest and MedicationAdministration -> events."""
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        rtype = row["resource_type"]
+        codings = parse_codings(row.get("medication_codings"))
+        if not codings and row.get("medication_ref"):
+            ref = str(row["medication_ref"])
+            self.referenced_medications.add(ref)
+            codings = self.medications.get(ref, ())
+            if not codings:
+                self._issue("error", "unresolved-medication",
+                            f"medicationReference {row.get('medication_reference') or ref!r} "
+                            "not found in the source", row, pid, sets_aside=True)
+                return
+        match = self.concepts.first("medication", codings)
+        self.codes.add(rtype, f"{rtype}.medication", codings, pid,
+                       {match.coding: match.concept} if match else None)
+        if match is None:
+            self._issue("info", "unmapped-code", f"{rtype} medication not mapped: "
+                        f"{_show(codings)}", row, pid, sets_aside=True)
+            return
+        status = str(row.get("status") or "")
+        if rtype == "MedicationRequest":
+            intent = str(row.get("intent") or "")
+            start_raw = row.get("bounds_period_start") or row.get("authored_on")
+            note = ""
+            if status not in self.settings.medication_request_statuses:
+                note = f"status {status or '(none)'}"
+            elif intent not in self.settings.medication_request_intents:
+                note = f"intent {intent or '(none)'}"
+            encounter = row.get("encounter_ref")
+        else:
+            start_raw = row.get("effective_datetime") or row.get("effective_period_start")
+            note = "" if status in self.settings.medication_administration_statuses \
+                else f"status {status or '(none)'}"
+            encounter = row.get("context_ref")
+        start = self._when(start_raw, row, pid, "start")
+        self.by_patient[pid].events.append(ClinicalEvent(
+            match.concept, Source(rtype, str(row["id"])), start, None, status,
+            countable=not note, status_note=note, encounter_id=encounter or None,
+            coding=match.coding))
+
+    def diagnostic_report(self, row: Row) -> None:
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        codings = parse_codings(row.get("codings"))
+        categories = parse_codings(row.get("category_codings"))
+        kind = self.concepts.first("report", codings) or self.concepts.first("report", categories)
+        self.codes.add("DiagnosticReport", "DiagnosticReport.code", codings, pid,
+                       {kind.coding: kind.concept} if kind else None)
+        self.codes.add("DiagnosticReport", "DiagnosticReport.category", categories, pid)
+        if kind is None:
+            self._issue("info", "unmapped-code", "DiagnosticReport is not a pathology report: "
+                        f"{_show(codings)}", row, pid, sets_aside=True)
+            return
+        conclusion = parse_codings(row.get("conclusion_codings"))
+        finding = self.concepts.first("finding", conclusion)
+        self.codes.add("DiagnosticReport", "DiagnosticReport.conclusionCode", conclusion, pid,
+                       {finding.coding: finding.concept} if finding else None)
+        issued = self._when(row.get("issued") or row.get("effective_datetime")
+                            or row.get("effective_period_start"), row, pid, "issued")
+        status = str(row.get("status") or "")
+        ok = status in self.settings.report_statuses
+        self.by_patient[pid].reports.append(PathologyReport(
+            Source("DiagnosticReport", str(row["id"])), issued,
+            finding.concept if finding else None, status, ok,
+            "" if ok else f"status {status or '(none)'}",
+            finding.coding if finding else None))
+
+    def condition(self, row: Row) -> None:
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        codings = parse_codings(row.get("codings"))
+        finding = self.concepts.first("finding", codings)
+        self.codes.add("Condition", "Condition.code", codings, pid,
+                       {finding.coding: finding.concept} if finding else None)
+        if finding is None:
+            self._issue("info", "unmapped-code", f"Condition code not mapped: {_show(codings)}",
+                        row, pid, sets_aside=True)
+            return
+        levels = self._levels(row, "body_site_codings", pid)
+        onset = self._when(row.get("onset_datetime") or row.get("onset_period_start")
+                           or row.get("recorded_date"), row, pid, "onset")
+        verification = set(row.get("verification_status_codes") or ())
+        bad = verification & self.settings.condition_verification_excluded
+        self.by_patient[pid].conditions.append(ConditionRecord(
+            Source("Condition", str(row["id"])), finding.concept, levels, onset,
+            countable=not bad, status_note=f"verificationStatus {sorted(bad)[0]}" if bad else "",
+            coding=finding.coding, has_body_site=bool(row.get("body_site_codings"))))
+
+    def encounter(self, row: Row) -> None:
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        reasons = parse_codings(row.get("reason_codings"))
+        priority = parse_codings(row.get("priority_codings"))
+        pain = self.concepts.first("reason", reasons)
+        urgent = self.concepts.first("priority", priority)
+        self.codes.add("Encounter", "Encounter.reasonCode", reasons, pid,
+                       {pain.coding: pain.concept} if pain else None)
+        self.codes.add("Encounter", "Encounter.priority", priority, pid,
+                       {urgent.coding: urgent.concept} if urgent else None)
+        start = self._when(row.get("period_start"), row, pid, "period.start")
+        end = self._when(row.get("period_end"), row, pid, "period.end")
+        self.by_patient[pid].encounters.append(EncounterRecord(
+            Source("Encounter", str(row["id"])), str(row.get("class_code") or ""), start, end,
+            urgent=urgent is not None, pain_reason=pain is not None and pain.concept == "pain",
+            status=str(row.get("status") or "")))
+
+    def observation(self, row: Row) -> None:
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        codings = parse_codings(row.get("codings"))
+        measure = self.concepts.first("observation", codings)
+        self.codes.add("Observation", "Observation.code", codings, pid,
+                       {measure.coding: measure.concept} if measure else None)
+        if measure is None:
+            self._issue("info", "unmapped-code", f"Observation code not mapped: "
+                        f"{_show(codings)}", row, pid, sets_aside=True)
+            return
+        status = str(row.get("status") or "")
+        if status not in self.settings.observation_statuses:
+            self._issue("info", "status-not-counted", f"{measure.concept} observation has "
+                        f"status {status or '(none)'}", row, pid, sets_aside=True)
+            return
+        value = self._observation_value(row, measure.concept, pid)
+        if value is None:
+            return
+        effective = self._when(row.get("effective_datetime") or row.get("effective_period_start")
+                               or row.get("effective_instant") or row.get("issued"),
+                               row, pid, "effective")
+        if effective is None or not effective.is_day_precise:
+            if effective is None and not _any(row, "effective_datetime", "effective_period_start",
+                                              "effective_instant", "issued"):
+                self._issue("warning", "no-date", f"{measure.concept} observation has no "
+                            "effective time", row, pid)
+            self.issues[-1] = _set_aside(self.issues[-1])
+            return
+        m = Measurement(measure.concept, value, effective, Source("Observation", str(row["id"])))
+        self.by_patient[pid].measurements.append(m)
+        self.measurement_rows.append((pid, m))
+
+    def _observation_value(self, row: Row, measure: str, pid: str) -> float | None:
+        from fhir_spine.pathway.measures import in_range
+
+        value: float | None = None
+        for column in ("value_quantity", "value_integer"):
+            raw = row.get(column)
+            if raw not in (None, ""):
+                try:
+                    value = float(raw)
+                except (TypeError, ValueError):
+                    value = None
+                break
+        if value is None:
+            coded = parse_codings(row.get("value_codings"))
+            hit = self.concepts.first("value", coded)
+            self.codes.add("Observation", "Observation.value", coded, pid,
+                           {hit.coding: hit.concept} if hit else None)
+            if hit is not None and hit.value is not None:
+                value = hit.value
+        if value is None:
+            self._issue("warning", "no-value", f"{measure} observation has no usable value",
+                        row, pid, sets_aside=True)
+            return None
+        if not in_range(measure, value):
+            self._issue("error", "value-out-of-range", f"{measure} value {value:g} is out of "
+                        "range", row, pid, sets_aside=True)
+            return None
+        return value
+
+
+def _any(row: Row, *columns: str) -> bool:
+    return any(row.get(c) not in (None, "") for c in columns)
+
+
+def _set_aside(issue: Issue) -> Issue:
+    from dataclasses import replace
+
+    return replace(issue, sets_aside=True)
+
+
+def _show(codings: Iterable[Coding]) -> str:
+    shown = [f"{c.system}|{c.code}" for c in codings]
+    return ", ".join(shown) if shown else "(no coding)"
+
+
+_SEGMENTS = {"C": 0, "T": 1, "L": 2, "S": 3}
+
+
+def _level_order(level: str) -> tuple[int, int]:
+    number = level[1:]
+    return (_SEGMENTS.get(level[:1], 9), int(number) if number.isdigit() else 0)

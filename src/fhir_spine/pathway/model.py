@@ -1,0 +1,146 @@
+"""Typed records the pathway works on, and the typed result it returns.
+
+Normalisation (FHIR rows -> these records) happens before the pathway; the records hold
+only what a rule needs, with the resource they came from so every decision is traceable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+from fhir_spine.concepts import Coding
+from fhir_spine.pathway.time import When
+
+
+@dataclass(frozen=True)
+class Source:
+    resource_type: str
+    resource_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.resource_type, self.resource_id)
+
+
+@dataclass(frozen=True)
+class ClinicalEvent:
+    """A Procedure, MedicationRequest or MedicationAdministration tagged with a concept."""
+
+    concept: str
+    source: Source
+    start: When | None
+    end: When | None = None
+    status: str = ""
+    countable: bool = True        # status/intent allow it to count
+    status_note: str = ""         # why not, when not
+    encounter_id: str | None = None
+    part_of: tuple[str, ...] = ()
+    levels: tuple[str, ...] = ()  # vertebral levels from bodySite, e.g. ("T9", "T10")
+    coding: Coding | None = None
+
+    @property
+    def placed(self) -> bool:
+        return self.start is not None and self.start.is_day_precise
+
+
+@dataclass(frozen=True)
+class PathologyReport:
+    source: Source
+    issued: When | None
+    finding: str | None           # concept of the conclusion code, e.g. tumour-haematological
+    status: str = ""
+    countable: bool = True
+    status_note: str = ""
+    coding: Coding | None = None
+
+
+@dataclass(frozen=True)
+class ConditionRecord:
+    source: Source
+    finding: str | None
+    levels: tuple[str, ...]
+    onset: When | None
+    countable: bool = True
+    status_note: str = ""
+    coding: Coding | None = None
+    has_body_site: bool = False
+
+
+@dataclass(frozen=True)
+class EncounterRecord:
+    source: Source
+    class_code: str
+    start: When | None
+    end: When | None = None
+    urgent: bool = False
+    pain_reason: bool = False
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    measure: str
+    value: float
+    effective: When
+    source: Source
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient_id: str
+    birth_date: date | None
+    sex: str
+
+
+@dataclass
+class PatientInput:
+    patient: PatientRecord
+    events: list[ClinicalEvent] = field(default_factory=list)
+    reports: list[PathologyReport] = field(default_factory=list)
+    conditions: list[ConditionRecord] = field(default_factory=list)
+    encounters: list[EncounterRecord] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the pathway made of one input record (one `events` row)."""
+
+    source: Source
+    event_type: str
+    used: bool
+    note: str = ""
+
+
+@dataclass
+class PatientResult:
+    patient_id: str
+    included: bool = False
+    exclusion_reasons: list[str] = field(default_factory=list)
+    strategy: str | None = None
+    strategy_basis: str | None = None
+    age_at_biopsy: int | None = None
+    sex: str = "unknown"
+    index_biopsy_date: date | None = None
+    stabilization_date: date | None = None
+    diagnosis_available_date: date | None = None
+    therapy_start_date: date | None = None
+    therapy_modalities: list[str] = field(default_factory=list)
+    days_biopsy_to_therapy: int | None = None
+    days_biopsy_to_stabilization: int | None = None
+    days_stabilization_to_therapy: int | None = None
+    fixation_levels: int | None = None
+    sins_total: float | None = None
+    ecog: float | None = None
+    asa: float | None = None
+    metastatic_outside_index: bool | None = None
+    involved_vertebrae: int | None = None
+    tumour_group: str | None = None
+    measures: dict[str, float] = field(default_factory=dict)   # e.g. vas_baseline
+    ae_repeat_biopsy: int = 0
+    ae_revision: int = 0
+    ae_unplanned_fixation: int = 0
+    ae_pain_readmission: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    timepoints: dict[tuple[str, str], str] = field(default_factory=dict)  # source key -> tp

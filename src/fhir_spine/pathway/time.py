@@ -1,0 +1,121 @@
+"""FHIR date/dateTime/instant values placed on the site's calendar.
+
+Intervals are whole days between calendar dates in the site time zone (PATHWAY.md), so
+every timestamp is converted to that zone first: `23:40-05:00` is the next day in UTC.
+A value without an offset is site-local; a date-only value is that date. Partial dates
+(`2023`, `2023-04`) keep their precision and are never placed on a day.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Literal
+
+Precision = Literal["year", "month", "day", "time"]
+
+_FHIR_DATETIME = re.compile(
+    r"^(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})"
+    r"(T(?P<hour>\d{2}):(?P<minute>\d{2})(:(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+class UnparseableTime(ValueError):
+    """The text is not a FHIR date, dateTime or instant (or names an impossible date)."""
+
+
+@dataclass(frozen=True)
+class When:
+    """A point in time as FHIR gave it, placed in the site time zone."""
+
+    raw: str
+    precision: Precision
+    day: date | None = None          # calendar date in the site zone; None when partial
+    instant: datetime | None = None  # aware, in the site zone; only with a time of day
+
+    @property
+    def is_day_precise(self) -> bool:
+        return self.day is not None
+
+    def sort_key(self) -> tuple[date, int, datetime | None]:
+        """Order on the site calendar; a date-only value sorts before timestamps that day."""
+        if self.day is None:
+            raise ValueError(f"partial date {self.raw!r} has no place on the calendar")
+        if self.instant is None:
+            return (self.day, 0, None)
+        return (self.day, 1, self.instant)
+
+    def iso(self) -> str:
+        """Instant with offset when there is a time of day, else the calendar date."""
+        if self.instant is not None:
+            return self.instant.isoformat()
+        if self.day is not None:
+            return self.day.isoformat()
+        return self.raw
+
+
+def parse_when(raw: str, tz: tzinfo) -> When:
+    text = raw.strip()
+    m = _FHIR_DATETIME.match(text)
+    if not m:
+        raise UnparseableTime(f"not a FHIR date/dateTime: {raw!r}")
+    year = int(m["year"])
+    if m["month"] is None:
+        return When(raw, "year")
+    month = int(m["month"])
+    if not 1 <= month <= 12:
+        raise UnparseableTime(f"month out of range in {raw!r}")
+    if m["day"] is None:
+        return When(raw, "month")
+    try:
+        day = date(year, month, int(m["day"]))
+    except ValueError:
+        raise UnparseableTime(f"impossible date {raw!r}") from None
+    if m["hour"] is None:
+        return When(raw, "day", day=day)
+    try:
+        second = int(m["second"] or 0)
+        micro = int(round(float(m["fraction"]) * 1_000_000)) if m["fraction"] else 0
+        local = datetime(year, month, day.day, int(m["hour"]), int(m["minute"]),
+                         min(second, 59), min(micro, 999_999))
+    except ValueError:
+        raise UnparseableTime(f"impossible time in {raw!r}") from None
+    offset = m["tz"]
+    if offset is None:
+        placed = local.replace(tzinfo=tz)
+    else:
+        placed = local.replace(tzinfo=_offset(offset)).astimezone(tz)
+    return When(raw, "time", day=placed.date(), instant=placed)
+
+
+def _offset(text: str) -> tzinfo:
+    from datetime import timezone
+
+    if text == "Z":
+        return UTC
+    sign = 1 if text[0] == "+" else -1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def days_between(start: When, end: When) -> int:
+    """Whole calendar days from `start` to `end` on the site calendar."""
+    assert start.day is not None and end.day is not None
+    return (end.day - start.day).days
+
+
+def hours_apart(a: When, b: When) -> float | None:
+    """Absolute gap in hours when both have a time of day, else None."""
+    if a.instant is None or b.instant is None:
+        return None
+    return abs((a.instant - b.instant).total_seconds()) / 3600.0
+
+
+def not_after(a: When, b: When) -> bool:
+    """`a` is on or before `b`: by instant when both have one, else by calendar date."""
+    assert a.day is not None and b.day is not None
+    if a.instant is not None and b.instant is not None:
+        return a.instant <= b.instant
+    return a.day <= b.day

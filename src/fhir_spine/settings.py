@@ -1,0 +1,170 @@
+"""Mappings folder loading: concepts, pathway settings and view definitions.
+
+The defaults ship in the repository's `mappings/`. `--mappings DIR` layers a site's
+folder over them: a `settings.yaml` there is merged key by key, a `concepts.yaml` with
+`extends: default` is merged over the default map (else replaces it), and any
+`views/<Type>.json` there replaces the default view of that type. Every file used is
+hashed into the manifest so a dataset says exactly which rules made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from fhir_spine.concepts import ConceptMap, build_concept_map
+from fhir_spine.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MAPPINGS = REPO_ROOT / "mappings"
+DEMO_COHORT = REPO_ROOT / "fixtures" / "demo"
+
+
+@dataclass(frozen=True)
+class PathwaySettings:
+    """The operational definitions of PATHWAY.md that a site may change."""
+
+    timezone: str = "UTC"
+    same_session_gap_hours: float = 6.0
+    therapy_modality_window_days: int = 30
+    baseline_lookback_days: int = 90
+    at_diagnosis_window_days: int = 14
+    metastasis_lookahead_days: int = 0
+    minimum_age_years: int = 18
+    excluded_level_prefixes: tuple[str, ...] = ("C",)
+    required_measures: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "vas": ("baseline", "at-diagnosis"),
+            "sosgoq_total": ("baseline", "at-diagnosis"),
+        }
+    )
+    procedure_statuses: frozenset[str] = frozenset({"completed"})
+    report_statuses: frozenset[str] = frozenset({"final", "amended", "corrected", "appended"})
+    observation_statuses: frozenset[str] = frozenset(
+        {"final", "amended", "corrected", "preliminary"}
+    )
+    medication_request_statuses: frozenset[str] = frozenset(
+        {"active", "completed", "on-hold", "stopped"}
+    )
+    medication_request_intents: frozenset[str] = frozenset(
+        {"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"}
+    )
+    medication_administration_statuses: frozenset[str] = frozenset({"completed", "in-progress"})
+    condition_verification_excluded: frozenset[str] = frozenset({"entered-in-error", "refuted"})
+    readmission_encounter_classes: frozenset[str] = frozenset({"IMP", "EMER", "ACUTE"})
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> PathwaySettings:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"settings.yaml: unknown key(s): {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        defaults = cls()
+        for key, value in raw.items():
+            current = getattr(defaults, key)
+            try:
+                if isinstance(current, frozenset):
+                    kwargs[key] = frozenset(str(v) for v in value)
+                elif isinstance(current, tuple):
+                    kwargs[key] = tuple(str(v) for v in value)
+                elif isinstance(current, dict):
+                    kwargs[key] = {str(k): tuple(str(t) for t in v) for k, v in value.items()}
+                elif isinstance(current, bool):
+                    kwargs[key] = bool(value)
+                elif isinstance(current, int):
+                    kwargs[key] = int(value)
+                elif isinstance(current, float):
+                    kwargs[key] = float(value)
+                else:
+                    kwargs[key] = str(value)
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ConfigError(f"settings.yaml: {key}: {exc}") from None
+        settings = cls(**kwargs)
+        try:
+            settings.tz  # noqa: B018 - validate early, with a clear message
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"settings: unknown time zone {settings.timezone!r}") from None
+        return settings
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    path: Path
+    sha256: str
+
+
+@dataclass
+class Mappings:
+    settings: PathwaySettings
+    concepts: ConceptMap
+    views: dict[str, dict[str, Any]]
+    files: list[MappingFile]
+
+
+def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+        doc = yaml.safe_load(data) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
+    return doc
+
+
+def load_mappings(
+    site_dir: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Mappings:
+    """Load the default mappings, layer `site_dir` over them, then CLI `overrides`."""
+    if not DEFAULT_MAPPINGS.is_dir():
+        raise ConfigError(f"default mappings folder not found at {DEFAULT_MAPPINGS}")
+    if site_dir is not None and not site_dir.is_dir():
+        raise ConfigError(f"--mappings {site_dir}: not a folder")
+    files: list[MappingFile] = []
+
+    raw_settings = _read_yaml(DEFAULT_MAPPINGS / "settings.yaml", files)
+    if site_dir is not None and (site_dir / "settings.yaml").is_file():
+        raw_settings.update(_read_yaml(site_dir / "settings.yaml", files))
+    raw_settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = PathwaySettings.from_mapping(raw_settings)
+
+    concept_docs = [_read_yaml(DEFAULT_MAPPINGS / "concepts.yaml", files)]
+    if site_dir is not None and (site_dir / "concepts.yaml").is_file():
+        site_doc = _read_yaml(site_dir / "concepts.yaml", files)
+        if site_doc.get("extends") == "default":
+            concept_docs.insert(0, site_doc)
+        else:
+            concept_docs = [site_doc]
+    concepts = build_concept_map(concept_docs)
+
+    views: dict[str, dict[str, Any]] = {}
+    for folder in (DEFAULT_MAPPINGS / "views", site_dir / "views" if site_dir else None):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            data = path.read_bytes()
+            try:
+                view = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+            resource = view.get("resource") if isinstance(view, dict) else None
+            if not isinstance(resource, str):
+                raise ConfigError(f"{path}: a ViewDefinition needs a `resource`")
+            views[resource] = view
+            files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
+    return Mappings(settings, concepts, views, files)

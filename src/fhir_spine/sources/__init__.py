@@ -1,0 +1,1 @@
+"""Sources yield raw FHIR resources (plain dicts) with their origin, nothing more."""
