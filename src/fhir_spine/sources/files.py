@@ -77,7 +77,7 @@ def iter_folder(folder: Path) -> Iterator[SourceItem]:
                 yield from _iter_ndjson(path, name)
             else:
                 yield from _iter_json(path, name)
-        except OSError as exc:  # unreadable file, truncated gzip
+        except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
             yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
 
 

@@ -1,0 +1,27 @@
+# The two commands of the README. Both set up everything themselves on a fresh machine:
+# a virtualenv in .venv with the project and its test extras, and (for `test`) the
+# HAPI FHIR test server build and other test data, via tests/servers/setup.sh.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[tests,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fhir-spine extract
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+test: $(STAMP)
+	if [ -f tests/servers/setup.sh ]; then bash tests/servers/setup.sh; fi
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest
