@@ -18,7 +18,8 @@ def _write_ndjson(path, resources, *, gz=False):
 
 def test_ndjson_plain_and_gzip_and_numbered_files(tmp_path):
     _write_ndjson(tmp_path / "Procedure.ndjson", [{"resourceType": "Procedure", "id": "a"}])
-    _write_ndjson(tmp_path / "Observation.000.ndjson", [{"resourceType": "Observation", "id": "o1"}])
+    _write_ndjson(tmp_path / "Observation.000.ndjson",
+                  [{"resourceType": "Observation", "id": "o1"}])
     _write_ndjson(tmp_path / "Observation.001.ndjson.gz",
                   [{"resourceType": "Observation", "id": "o2"}], gz=True)
     items = list(iter_folder(tmp_path))
