@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Prepare the FHIR test servers (issue 3). Run by the test command before pytest.
+#
+#   tests/servers/setup.sh [hapi|sekmet|all]      (default: all)
+#
+# hapi:   builds tests/servers/hapi/target/hapi-test-server.jar with Maven when it is missing
+#         or older than pom.xml / src (cold build: `mvn -B -q -DskipTests package`, artifacts
+#         cached in ~/.m2 or in $MAVEN_REPO_LOCAL). Fast no-op when the jar is up to date.
+# sekmet: checks that the sekmet-fhir package (tests extra of pyproject.toml) is importable.
+#
+# Needs: Java 17+ and Maven 3.8+ on PATH for hapi; the project venv (or $FHIR_SPINE_PYTHON).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+HAPI_DIR="$HERE/hapi"
+HAPI_JAR="$HAPI_DIR/target/hapi-test-server.jar"
+what="${1:-all}"
+
+log() { echo "[servers/setup] $*" >&2; }
+
+hapi_up_to_date() {
+  [[ -f "$HAPI_JAR" ]] || return 1
+  # Anything under pom.xml or src newer than the jar means a rebuild.
+  [[ -z "$(find "$HAPI_DIR/pom.xml" "$HAPI_DIR/src" -newer "$HAPI_JAR" -print -quit)" ]]
+}
+
+setup_hapi() {
+  if hapi_up_to_date; then
+    log "HAPI jar is up to date: $HAPI_JAR"
+    return 0
+  fi
+  command -v java >/dev/null || { log "java not found on PATH (need Java 17+)"; exit 2; }
+  command -v mvn >/dev/null || { log "mvn not found on PATH (need Maven 3.8+)"; exit 2; }
+  local args=(-B -q -DskipTests)
+  if [[ -n "${MAVEN_REPO_LOCAL:-}" ]]; then
+    args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
+  fi
+  log "building the HAPI FHIR test server (mvn ${args[*]} package) ..."
+  local start=$SECONDS
+  (cd "$HAPI_DIR" && mvn "${args[@]}" package) >&2
+  [[ -f "$HAPI_JAR" ]] || { log "build finished but $HAPI_JAR is missing"; exit 1; }
+  touch "$HAPI_JAR"
+  log "built $HAPI_JAR in $((SECONDS - start)) s"
+}
+
+python_bin() {
+  if [[ -n "${FHIR_SPINE_PYTHON:-}" ]]; then
+    echo "$FHIR_SPINE_PYTHON"
+  elif [[ -x "$ROOT/.venv/bin/python" ]]; then
+    echo "$ROOT/.venv/bin/python"
+  else
+    command -v python3
+  fi
+}
+
+setup_sekmet() {
+  local py
+  py="$(python_bin)"
+  if ! "$py" -c "import sekmet.main, uvicorn" 2>/dev/null; then
+    log "sekmet-fhir is not importable by $py; install the tests extra: pip install -e '.[tests]'"
+    exit 2
+  fi
+  log "sekmet-fhir is available to $py"
+}
+
+case "$what" in
+  hapi) setup_hapi ;;
+  sekmet) setup_sekmet ;;
+  all) setup_hapi; setup_sekmet ;;
+  *) echo "usage: $0 [hapi|sekmet|all]" >&2; exit 64 ;;
+esac
