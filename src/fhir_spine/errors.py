@@ -39,3 +39,36 @@ class UsageError(SpineError):
 
 class ConfigError(SpineError):
     exit_code = ExitCode.CONFIG
+
+
+class ServerUnreachable(SpineError):
+    """No usable answer at all: DNS, refused connection, timeout, TLS failure."""
+
+    exit_code = ExitCode.SERVER_UNREACHABLE
+
+
+class ServerError(SpineError):
+    """The server answered, but not usably: an error status, a broken page, an HTML page.
+
+    `status` is the HTTP status when there was one, so callers can treat a 404 on an
+    optional endpoint (for example `.well-known/smart-configuration`) as "not offered".
+    """
+
+    exit_code = ExitCode.SERVER_ERROR
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None, *,
+                 status: int | None = None) -> None:
+        super().__init__(message, exit_code)
+        self.status = status
+
+
+class AuthError(SpineError):
+    """Credentials missing, refused (401/403) or a token request that failed."""
+
+    exit_code = ExitCode.AUTH
+
+
+class IncompletePull(SpineError):
+    """The server would not give every result of a search even in the smallest window."""
+
+    exit_code = ExitCode.INCOMPLETE

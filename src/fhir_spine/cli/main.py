@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fhir_spine.cli import extract, synth
+    from fhir_spine.cli import check, extract, load, synth
 
     parser = argparse.ArgumentParser(
         prog="fhir-spine",
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, synth):
+    for module in (extract, synth, check, load):
         module.register(sub)
     return parser
 

@@ -1,0 +1,200 @@
+"""`fhir-spine check --server URL`: can this server give us what `extract --server` needs?
+
+Run before the first pull at a site. It reads the CapabilityStatement and the SMART
+configuration, lists each resource type and search parameter the REST pull uses with
+whether the server declares it, says whether Bulk Data `$export` is offered, and makes
+one real search for the index-procedure codes so that credentials, TLS and the network
+path are proven too. It exits non-zero, naming what is missing, when the extraction
+could not work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir_spine.errors import ExitCode, ServerError
+from fhir_spine.redact import redact_url
+from fhir_spine.settings import load_mappings
+from fhir_spine.sources.http import FhirClient, add_http_options, client_from_args, one_line
+from fhir_spine.sources.rest import BY_ID_TYPES, INDEX_CONCEPT, index_code_tokens
+
+log = logging.getLogger(__name__)
+
+# Parameters every resource has by the FHIR specification; servers often leave them out
+# of the CapabilityStatement, so an undeclared one is assumed rather than failed.
+COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
+
+
+@dataclass
+class TypeCheck:
+    resource_type: str
+    declared: bool
+    searchable: bool
+    params: dict[str, str] = field(default_factory=dict)  # name -> "yes" | "assumed" | "NO"
+
+    @property
+    def ok(self) -> bool:
+        return self.declared and self.searchable and "NO" not in self.params.values()
+
+
+def needed_params(resource_type: str) -> tuple[str, ...]:
+    """Search parameters the REST pull sends for a type (`_lastUpdated` for cap windows)."""
+    if resource_type in BY_ID_TYPES:
+        return ("_id", "_lastUpdated")
+    if resource_type == "Procedure":
+        return ("patient", "code", "_lastUpdated")
+    return ("patient", "_lastUpdated")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "check", help="check that a FHIR server offers what extract --server needs",
+        description="Read /metadata and .well-known/smart-configuration, list the resource "
+        "types and search parameters the REST pull needs and whether each is supported, "
+        "whether $export is offered, and try one search for the index-procedure codes. "
+        "Exits 5 when something the extraction needs is missing.",
+    )
+    p.add_argument("--server", required=True, help="FHIR base URL, e.g. https://host/fhir")
+    p.add_argument("--mappings", type=Path,
+                   help="site mappings folder (index-procedure codes, view types)")
+    add_http_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    mappings = load_mappings(args.mappings)
+    client = client_from_args(args)
+    try:
+        return _check(client, mappings, out=print)
+    finally:
+        client.close()
+
+
+def _check(client: FhirClient, mappings: Any, out: Any) -> int:
+    problems: list[str] = []
+    metadata = client.fetch_json("metadata")
+    if metadata.get("resourceType") != "CapabilityStatement":
+        raise ServerError(f"{redact_url(client.url('metadata'))} is not a CapabilityStatement; "
+                          "is the base URL right?")
+    software = metadata.get("software") or {}
+    version = str(metadata.get("fhirVersion") or "?")
+    out(f"server        {redact_url(client.base_url)}")
+    out(f"software      {software.get('name', '?')} {software.get('version', '')}".rstrip())
+    r4 = version.startswith("4.0")
+    out(f"FHIR version  {version}  {'ok' if r4 else 'NOT R4: fhir-spine reads 4.0.x'}")
+    if not r4:
+        problems.append(f"FHIR version {version} (need 4.0.x)")
+
+    smart = _smart(client)
+    out(f"SMART         {smart}")
+    rest = next((r for r in metadata.get("rest") or [] if r.get("mode") == "server"), {})
+    out(f"$export       {_export_levels(rest)}")
+    system_ops = {i.get("code") for i in rest.get("interaction") or []}
+    out(f"transaction   {'yes' if 'transaction' in system_ops else 'not declared'} "
+        "(used by `fhir-spine load`)")
+
+    types = ["Patient"] + sorted(t for t in mappings.views if t not in BY_ID_TYPES) \
+        + (["Medication"] if "Medication" in mappings.views else [])
+    checks = [_type_check(rest, t) for t in types]
+    out("")
+    out(f"{'resource type':<26} {'search':<7} parameters")
+    for c in checks:
+        params = ", ".join(f"{k} {v}" for k, v in c.params.items())
+        search = "yes" if c.searchable else ("NO" if c.declared else "ABSENT")
+        out(f"{c.resource_type:<26} {search:<7} {params}")
+        if not c.declared:
+            problems.append(f"{c.resource_type} (not in the CapabilityStatement)")
+        elif not c.searchable:
+            problems.append(f"{c.resource_type} search (search-type interaction)")
+        for name, state in c.params.items():
+            if state == "NO" and name != "_lastUpdated":
+                problems.append(f"{c.resource_type}?{name}")
+    if any(c.params.get("_lastUpdated") == "NO" for c in checks):
+        out("note: _lastUpdated is needed only when a search hits a server paging cap")
+
+    out("")
+    tokens = index_code_tokens(mappings, INDEX_CONCEPT)
+    out(f"index codes   {len(tokens)} codes of concept {INDEX_CONCEPT!r}:")
+    for token in tokens:
+        out(f"                {token}")
+    try:
+        count = _count_candidates(client, tokens)
+        out(f"search        Procedure?code=<index codes>: {count}")
+    except ServerError as exc:
+        out(f"search        FAILED: {one_line(str(exc), 300)}")
+        problems.append("a search for the index-procedure codes")
+    out("")
+    if problems:
+        raise ServerError("the server lacks what extract --server needs: " + "; ".join(problems))
+    out("result        ok: the server offers everything extract --server needs")
+    return int(ExitCode.OK)
+
+
+def _smart(client: FhirClient) -> str:
+    try:
+        config = client.fetch_json(".well-known/smart-configuration", authenticated=False,
+                                   accept="application/json")
+    except ServerError as exc:
+        if exc.status is not None and 400 <= exc.status < 500:
+            return f"not offered (.well-known/smart-configuration: {exc.status})"
+        return f"unreadable ({one_line(str(exc), 200)})"
+    endpoint = config.get("token_endpoint")
+    methods = config.get("token_endpoint_auth_methods_supported") or []
+    algs = config.get("token_endpoint_auth_signing_alg_values_supported") or []
+    backend = "private_key_jwt" in methods
+    parts = [f"token endpoint {redact_url(str(endpoint)) if endpoint else 'MISSING'}",
+             "backend services (private_key_jwt) " + ("yes" if backend else "not listed")]
+    if algs:
+        parts.append("signing " + ", ".join(str(a) for a in algs))
+    return "; ".join(parts)
+
+
+def _export_levels(rest: dict[str, Any]) -> str:
+    levels = []
+    if any(str(op.get("name", "")).lstrip("$") == "export" for op in rest.get("operation") or []):
+        levels.append("system")
+    for resource in rest.get("resource") or []:
+        if resource.get("type") in ("Patient", "Group") and any(
+                str(op.get("name", "")).lstrip("$") == "export"
+                for op in resource.get("operation") or []):
+            levels.append(str(resource["type"]))
+    return ", ".join(levels) if levels else "not offered"
+
+
+def _type_check(rest: dict[str, Any], resource_type: str) -> TypeCheck:
+    resource = next((r for r in rest.get("resource") or [] if r.get("type") == resource_type),
+                    None)
+    if resource is None:
+        return TypeCheck(resource_type, False, False,
+                         {p: "NO" for p in needed_params(resource_type)})
+    interactions = {i.get("code") for i in resource.get("interaction") or []}
+    declared = {p.get("name") for p in resource.get("searchParam") or []} | {
+        p.get("name") for p in rest.get("searchParam") or []}
+    params = {}
+    for name in needed_params(resource_type):
+        if name in declared:
+            params[name] = "yes"
+        elif name in COMMON_PARAMS:
+            params[name] = "assumed"
+        else:
+            params[name] = "NO"
+    return TypeCheck(resource_type, True, "search-type" in interactions, params)
+
+
+def _count_candidates(client: FhirClient, tokens: list[str]) -> str:
+    params = [("code", ",".join(tokens))]
+    try:
+        bundle = client.fetch_json("Procedure", params=params + [("_summary", "count")])
+        if isinstance(bundle.get("total"), int):
+            return f"{bundle['total']} matching procedures"
+    except ServerError as exc:
+        if exc.status != 400:
+            raise
+    bundle = client.fetch_json("Procedure", params=params + [("_count", "1")])
+    if isinstance(bundle.get("total"), int):
+        return f"{bundle['total']} matching procedures"
+    return "at least one matching procedure" if bundle.get("entry") else "no matching procedure"

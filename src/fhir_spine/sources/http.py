@@ -1,0 +1,479 @@
+"""The HTTP client every server-facing command shares: one `requests.Session`, FHIR JSON,
+timeouts, authentication, bounded retries, readable errors and request counts.
+
+Hospital FHIR endpoints sit behind gateways that throttle (429), restart (502/503/504)
+and drop connections; a nightly pull must ride that out without hammering them and
+without hanging forever. So transient failures are retried with exponential backoff and
+jitter, a server's `Retry-After` is obeyed, and the total time spent retrying one
+request is bounded (`retry_time`). Everything else (400, 404, 500, ...) fails at once
+with a one-line message naming the request, because retrying it cannot help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from fhir_spine import __version__
+from fhir_spine.auth import Auth, add_auth_options, auth_from_args
+from fhir_spine.errors import AuthError, ServerError, ServerUnreachable, UsageError
+from fhir_spine.redact import install_log_redaction, redact_url, scrub
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+USER_AGENT = f"fhir-spine/{__version__}"
+FormArg = Mapping[str, str] | Callable[[], Mapping[str, str]]
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Characters kept readable in the query strings we build; `|` is escaped because some
+# servlet containers reject it unescaped.
+QUERY_SAFE = ",:/"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    verify: bool | str = True          # False only with --insecure; a path = CA bundle
+    retry_time: float = 300.0          # total seconds one request may spend retrying
+    max_attempts: int = 12
+    backoff_base: float = 1.0          # first backoff in seconds, doubled per attempt
+    backoff_max: float = 60.0
+    pool_size: int = 10
+
+
+@dataclass
+class RequestStats:
+    """Counts for the manifest and for comparing a refresh with a full pull."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, method: str, status: int | str, size: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_method[method] += 1
+            self.by_status[str(status)] += 1
+            self.bytes_received += size
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": self.requests, "retries": self.retries,
+                    "bytes_received": self.bytes_received,
+                    "by_status": dict(sorted(self.by_status.items())),
+                    "by_method": dict(sorted(self.by_method.items()))}
+
+
+class _Transient(Exception):  # noqa: N818 - internal signal, never shown
+    """One attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, *, status: int | None = None,
+                 retry_after: float | None = None, response: Any = None,
+                 unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.response = response
+        self.unreachable = unreachable
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def outcome_text(body: Any) -> str:
+    """An OperationOutcome as one line: `severity: diagnostics; severity: ...`."""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return ""
+    parts = []
+    for issue in body.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details") or {}
+        codings = details.get("coding") or [{}]
+        text = (issue.get("diagnostics") or details.get("text")
+                or (codings[0] or {}).get("display") or issue.get("code") or "")
+        where = ", ".join(issue.get("expression") or issue.get("location") or [])
+        severity = issue.get("severity", "error")
+        parts.append(f"{severity}: {text}" + (f" (at {where})" if where else ""))
+    return one_line("; ".join(parts))
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _html_title(text: str) -> str:
+    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    return one_line(match.group(1), 120) if match else ""
+
+
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def normalise_base_url(url: str) -> str:
+    """The server base URL as given, checked: http(s), no credentials, no query."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--server {redact_url(url)!r}: expected an http(s) URL such as "
+                         "https://host/fhir")
+    if parts.username or parts.password:
+        raise UsageError("--server: credentials in the URL are not accepted (they show in "
+                         "process lists); use FHIR_SPINE_USERNAME / FHIR_SPINE_PASSWORD")
+    if parts.query or parts.fragment:
+        raise UsageError(f"--server {redact_url(url)}: give the base URL without ?query or #")
+    return url.strip().rstrip("/")
+
+
+class FhirClient:
+    """A FHIR REST client bound to one server base URL.
+
+    Thread-safe for the small worker pools of `sources.rest`: the session's connection
+    pool is sized for them, and the counters and the token cache carry their own locks.
+    `sleep` and `clock` are injectable so the retry timing can be tested without waiting.
+    """
+
+    def __init__(self, base_url: str, *, auth: Auth | None = None,
+                 settings: HttpSettings | None = None,
+                 session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = normalise_base_url(base_url)
+        self.auth = auth or Auth()
+        self.settings = settings or HttpSettings()
+        self.stats = RequestStats()
+        self._sleep = sleep
+        self._clock = clock
+        self._origin = origin_of(self.base_url)
+        self.session = session or requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers.update({"User-Agent": USER_AGENT, "Accept": FHIR_JSON})
+        self.session.verify = self.settings.verify
+        if self.settings.verify is False:
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("TLS certificate verification is OFF (--insecure): anyone on the "
+                        "network path can read and alter this traffic")
+        if self.auth.kind != "none" and self._origin[0] == "http" \
+                and self._origin[1] not in ("localhost", "127.0.0.1", "::1"):
+            log.warning("sending %s over plain http to %s", self.auth.describe(),
+                        self._origin[1])
+
+    # ------------------------------------------------------------------ URLs
+
+    def url(self, path_or_url: str, params: Sequence[tuple[str, str]] | None = None) -> str:
+        """An absolute URL: relative paths resolve against the base, params are encoded."""
+        if path_or_url.startswith(("http://", "https://")):
+            url = path_or_url
+        else:
+            url = urljoin(self.base_url + "/", path_or_url.lstrip("/"))
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(list(params), safe=QUERY_SAFE)
+        return url
+
+    def same_origin(self, url: str) -> bool:
+        return origin_of(url) == self._origin
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -------------------------------------------------------------- requests
+
+    def request(self, method: str, url: str, *, body: bytes | None = None,
+                form: FormArg | None = None, headers: Mapping[str, str] | None = None,
+                authenticated: bool = True, retry: bool = True,
+                raise_for_status: bool = True) -> requests.Response:
+        """Send one request, retrying transient failures; renew credentials once on 401.
+
+        `url` is used exactly as given (a `next` link is followed verbatim). With
+        `raise_for_status` an error status becomes `AuthError` / `ServerError`.
+        """
+        url = self.url(url)
+        shown = f"{method} {redact_url(url)}"
+        sent = self._headers(url, headers, authenticated)
+        response = self._with_retries(method, url, shown, body, form, sent, retry)
+        if response.status_code == 401 and authenticated and self.auth.kind != "none" \
+                and self.auth.on_unauthorized(self, sent):
+            sent = self._headers(url, headers, authenticated)
+            response = self._with_retries(method, url, shown, body, form, sent, retry)
+        if raise_for_status and response.status_code >= 400:
+            raise self._status_error(shown, response, authenticated)
+        return response
+
+    def fetch_json(self, url: str, *, params: Sequence[tuple[str, str]] | None = None,
+                   authenticated: bool = True, accept: str = FHIR_JSON) -> dict[str, Any]:
+        """GET a JSON object; an HTML page or non-JSON body is a `ServerError`."""
+        full = self.url(url, params)
+        response = self.request("GET", full, headers={"Accept": accept},
+                                authenticated=authenticated)
+        return self.json_of(response, f"GET {redact_url(full)}")
+
+    def post_form(self, url: str, form: FormArg) -> requests.Response:
+        """POST a form without FHIR credentials (the OAuth token request); the caller
+        reads the status, since an OAuth error body explains itself. `form` may be a
+        function, called per attempt: a retried token request needs a fresh `jti`."""
+        return self.request("POST", url, form=form, headers={"Accept": "application/json"},
+                            authenticated=False, raise_for_status=False)
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """POST a transaction Bundle to the base. Retried: our bundles hold only PUTs,
+        which are idempotent, so replaying one the server may have applied is safe."""
+        response = self.request("POST", self.base_url, body=orjson.dumps(bundle),
+                                headers={"Content-Type": FHIR_JSON})
+        return self.json_of(response, f"POST {redact_url(self.base_url)} (transaction)")
+
+    @staticmethod
+    def json_of(response: requests.Response, shown: str) -> dict[str, Any]:
+        text_start = response.content[:512].lstrip()
+        ctype = response.headers.get("Content-Type", "")
+        if text_start.startswith(b"<") or "html" in ctype.lower():
+            title = _html_title(response.content[:4096].decode("utf-8", "replace"))
+            raise ServerError(scrub(
+                f"{shown}: answered {response.status_code} with an HTML page"
+                + (f" ({title!r})" if title else "") + " instead of FHIR JSON; is the base "
+                "URL right, or is a login page or proxy in the way?"),
+                status=response.status_code)
+        try:
+            value = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise ServerError(f"{shown}: answer is not valid JSON ({exc})",
+                              status=response.status_code) from None
+        if not isinstance(value, dict):
+            raise ServerError(f"{shown}: expected a JSON object, got {type(value).__name__}",
+                              status=response.status_code)
+        return value
+
+    # ------------------------------------------------------------- internals
+
+    def _headers(self, url: str, extra: Mapping[str, str] | None,
+                 authenticated: bool) -> dict[str, str]:
+        headers = dict(extra or {})
+        if authenticated and self.auth.kind != "none":
+            if not self.same_origin(url):
+                raise ServerError(
+                    f"{redact_url(url)} is not on the server {redact_url(self.base_url)}; "
+                    "refusing to send credentials to another host (does the server know "
+                    "its own public base URL? HAPI: hapi.fhir.server_address)")
+            headers.update(self.auth.headers(self))
+        return headers
+
+    def _with_retries(self, method: str, url: str, shown: str, body: bytes | None,
+                      form: FormArg | None, headers: dict[str, str],
+                      retry: bool) -> requests.Response:
+        start = self._clock()
+        settings = self.settings
+
+        def stop(state: RetryCallState) -> bool:
+            if not retry or state.attempt_number >= settings.max_attempts:
+                return True
+            spent = self._clock() - start
+            return spent + state.upcoming_sleep > settings.retry_time
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                return exc.retry_after
+            ceiling = min(settings.backoff_max,
+                          settings.backoff_base * 2 ** (state.attempt_number - 1))
+            return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter only
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats.retried()
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of at most %d)", shown,
+                        getattr(exc, "reason", exc), state.upcoming_sleep,
+                        state.attempt_number + 1, settings.max_attempts)
+
+        retrying = Retrying(stop=stop, wait=wait, retry=retry_if_exception_type(_Transient),
+                            sleep=self._sleep, before_sleep=before_sleep, reraise=True)
+        try:
+            return retrying(self._attempt, method, url, shown, body, form, headers)
+        except _Transient as exc:
+            spent = self._clock() - start
+            attempts = retrying.statistics.get("attempt_number", 1)
+            tried = f"after {attempts} attempt{'s' if attempts != 1 else ''} " \
+                    f"over {spent:.0f} s"
+            if exc.unreachable:
+                raise ServerUnreachable(scrub(f"{shown}: {exc.reason} ({tried})")) from None
+            hint = ""
+            if exc.status == 429:
+                hint = "; the server is throttling: try fewer --workers or a later time"
+            if exc.retry_after is not None and exc.retry_after > settings.retry_time:
+                hint += f"; it asked to wait {exc.retry_after:.0f} s, more than " \
+                        f"--retry-time {settings.retry_time:.0f} s"
+            detail = self._body_detail(exc.response) if exc.response is not None else ""
+            raise ServerError(scrub(f"{shown}: {exc.reason}{detail} ({tried}){hint}"),
+                              status=exc.status) from None
+
+    def _attempt(self, method: str, url: str, shown: str, body: bytes | None,
+                 form: FormArg | None, headers: dict[str, str]) -> requests.Response:
+        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+        if callable(form):
+            form = form()
+        started = time.monotonic()
+        try:
+            # `verify` per request: a session-level value loses to $REQUESTS_CA_BUNDLE,
+            # which would silently ignore --ca-bundle and --insecure.
+            response = self.session.request(method, url, data=form if form is not None else body,
+                                            headers=headers, timeout=timeout,
+                                            verify=self.settings.verify)
+            content = response.content  # read the body inside the try: it can break too
+        except requests.exceptions.SSLError as exc:
+            self.stats.record(method, "tls-error", 0)
+            raise ServerUnreachable(scrub(
+                f"{shown}: TLS failed ({_root_cause(exc)}); give the server's CA with "
+                "--ca-bundle FILE (or --insecure, for a test server only)")) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) \
+                else "connection failed"
+            self.stats.record(method, "no-answer", 0)
+            raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True) from None
+        self.stats.record(method, response.status_code, len(content))
+        log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, len(content),
+                  (time.monotonic() - started) * 1000)
+        if response.status_code in RETRY_STATUSES:
+            raise _Transient(f"{response.status_code} {response.reason or ''}".strip(),
+                             status=response.status_code,
+                             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                             response=response)
+        return response
+
+    def _status_error(self, shown: str, response: requests.Response,
+                      authenticated: bool) -> Exception:
+        status = response.status_code
+        head = f"{shown}: {status} {response.reason or ''}".rstrip()
+        detail = self._body_detail(response)
+        if status == 401:
+            if self.auth.kind == "none" or not authenticated:
+                hint = "; the server wants credentials: see docs/server.md (FHIR_SPINE_TOKEN, " \
+                       "--private-key, ...)"
+            else:
+                hint = f"; the server refused the {self.auth.describe()}"
+            return AuthError(scrub(head + detail + hint))
+        if status == 403:
+            return AuthError(scrub(head + detail + f"; the {self.auth.describe()} may lack "
+                                   "the scope or permission for this request"))
+        return ServerError(scrub(head + detail), status=status)
+
+    @staticmethod
+    def _body_detail(response: requests.Response) -> str:
+        content = response.content or b""
+        if not content.strip():
+            return ""
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            text = content[:4096].decode("utf-8", "replace")
+            if text.lstrip().startswith("<"):
+                title = _html_title(text)
+                return f": HTML page {title!r}" if title else ": HTML page"
+            return f": {one_line(text, 200)}"
+        text = outcome_text(body)
+        if text:
+            return f": {text}"
+        if isinstance(body, dict) and ("error" in body or "error_description" in body):
+            return f": {one_line(str(body.get('error', '')) + ' ' + str(body.get('error_description', '')))}"  # noqa: E501
+        return ""
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 exception, without its repr noise."""
+    seen = exc
+    while True:
+        inner = seen.__cause__ or seen.__context__ or (seen.args[0] if seen.args and isinstance(
+            seen.args[0], BaseException) else None)
+        if inner is None or inner is seen:
+            break
+        seen = inner
+    reason = getattr(seen, "reason", None)
+    text = str(reason if isinstance(reason, BaseException) else seen)
+    text = re.sub(r"<urllib3\.[^>]*>:?\s*", "", text)
+    text = re.sub(r"HTTP(S)?ConnectionPool\([^)]*\):\s*", "", text)
+    return one_line(text, 200) or type(exc).__name__
+
+
+# ------------------------------------------------------------------- command line
+
+def add_http_options(p: argparse.ArgumentParser) -> None:
+    """Server, TLS, timeout and retry options, plus the authentication group."""
+    g = p.add_argument_group("connection")
+    g.add_argument("--ca-bundle", type=Path, metavar="FILE",
+                   help="PEM file of CA certificates to trust (a hospital's internal CA)")
+    g.add_argument("--insecure", action="store_true",
+                   help="do not verify TLS certificates (test servers only; logs a warning)")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="read timeout per request (default 120)")
+    g.add_argument("--retry-time", type=float, default=300.0, metavar="SECONDS",
+                   help="longest time to keep retrying one request on 429/502/503/504 or a "
+                   "dropped connection (default 300)")
+    add_auth_options(p)
+
+
+def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
+    if args.ca_bundle is not None and args.insecure:
+        raise UsageError("--ca-bundle and --insecure contradict each other")
+    verify: bool | str = True
+    if args.ca_bundle is not None:
+        if not args.ca_bundle.is_file():
+            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+        verify = str(args.ca_bundle)
+    elif args.insecure:
+        verify = False
+    if args.timeout <= 0 or args.retry_time < 0:
+        raise UsageError("--timeout must be > 0 and --retry-time >= 0")
+    auth = auth_from_args(args)
+    install_log_redaction()
+    settings = HttpSettings(read_timeout=args.timeout, retry_time=args.retry_time,
+                            verify=verify, pool_size=max(10, workers * 2))
+    return FhirClient(args.server, auth=auth, settings=settings)
+
+
+def now_instant() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
