@@ -103,6 +103,8 @@ class ServerProcess:
             ["bash", str(START_SCRIPT), self.kind],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
+            # start.sh stops the server by itself if this process dies without stopping it
+            env={**os.environ, "FHIR_SPINE_STOP_WITH_PID": str(os.getpid())},
             stderr=self._log,
             start_new_session=True,  # its own process group: Ctrl-C in pytest does not reach it
         )

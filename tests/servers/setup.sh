@@ -3,9 +3,11 @@
 #
 #   tests/servers/setup.sh [hapi|sekmet|all]      (default: all)
 #
-# hapi:   builds tests/servers/hapi/target/hapi-test-server.jar with Maven when it is missing
-#         or older than pom.xml / src (cold build: `mvn -B -q -DskipTests package`, artifacts
-#         cached in ~/.m2 or in $MAVEN_REPO_LOCAL). Fast no-op when the jar is up to date.
+# hapi:   builds the launcher with Maven when tests/servers/hapi/target/run/hapi-test-server.jar
+#         is missing or older than pom.xml / src (`mvn -B -q -Dstyle.color=never -DskipTests package`; artifacts are
+#         cached in ~/.m2, or in $MAVEN_REPO_LOCAL if set). Fast no-op when it is up to date.
+#         The built jar is copied and renamed into target/run/, never rewritten in place, so
+#         servers that are running from the previous jar are not disturbed by a rebuild.
 # sekmet: checks that the sekmet-fhir package (tests extra of pyproject.toml) is importable.
 #
 # Needs: Java 17+ and Maven 3.8+ on PATH for hapi; the project venv (or $FHIR_SPINE_PYTHON).
@@ -14,7 +16,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 HAPI_DIR="$HERE/hapi"
-HAPI_JAR="$HAPI_DIR/target/hapi-test-server.jar"
+BUILT_JAR="$HAPI_DIR/target/hapi-test-server.jar"
+HAPI_JAR="$HAPI_DIR/target/run/hapi-test-server.jar"
 what="${1:-all}"
 
 log() { echo "[servers/setup] $*" >&2; }
@@ -25,23 +28,42 @@ hapi_up_to_date() {
   [[ -z "$(find "$HAPI_DIR/pom.xml" "$HAPI_DIR/src" -newer "$HAPI_JAR" -print -quit)" ]]
 }
 
-setup_hapi() {
+build_hapi() {
+  # Runs with the build lock held; another setup.sh may have built it meanwhile.
   if hapi_up_to_date; then
-    log "HAPI jar is up to date: $HAPI_JAR"
     return 0
   fi
   command -v java >/dev/null || { log "java not found on PATH (need Java 17+)"; exit 2; }
   command -v mvn >/dev/null || { log "mvn not found on PATH (need Maven 3.8+)"; exit 2; }
-  local args=(-B -q -DskipTests)
+  local args=(-B -q -Dstyle.color=never -DskipTests)
   if [[ -n "${MAVEN_REPO_LOCAL:-}" ]]; then
     args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
   fi
   log "building the HAPI FHIR test server (mvn ${args[*]} package) ..."
   local start=$SECONDS
   (cd "$HAPI_DIR" && mvn "${args[@]}" package) >&2
-  [[ -f "$HAPI_JAR" ]] || { log "build finished but $HAPI_JAR is missing"; exit 1; }
-  touch "$HAPI_JAR"
+  [[ -f "$BUILT_JAR" ]] || { log "build finished but $BUILT_JAR is missing"; exit 1; }
+  mkdir -p "$(dirname "$HAPI_JAR")"
+  cp "$BUILT_JAR" "$HAPI_JAR.tmp"
+  mv -f "$HAPI_JAR.tmp" "$HAPI_JAR"
   log "built $HAPI_JAR in $((SECONDS - start)) s"
+}
+
+setup_hapi() {
+  if hapi_up_to_date; then
+    log "HAPI jar is up to date: $HAPI_JAR"
+    return 0
+  fi
+  mkdir -p "$HAPI_DIR/target"
+  if command -v flock >/dev/null; then
+    # One build at a time (several sessions may start servers at once).
+    (
+      flock 9
+      build_hapi
+    ) 9> "$HAPI_DIR/target/.build.lock"
+  else
+    build_hapi
+  fi
 }
 
 python_bin() {

@@ -13,6 +13,11 @@
 #   HAPI_ARGS              extra --name=value options for the HAPI launcher (see README)
 #   FHIR_SPINE_PYTHON      Python that has sekmet-fhir installed (default: .venv/bin/python)
 #   SERVER_START_TIMEOUT   seconds to wait for /metadata (default: 300 for hapi, 60 for sekmet)
+#   FHIR_SPINE_STOP_WITH_PID  stop the server when the process with this id is gone (the pytest
+#                          fixtures set it to pytest's own id, so a killed test run leaves no server)
+# The whole script is one function that bash reads completely before running it, so editing
+# this file while servers are running does not break them.
+main() {
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,6 +45,11 @@ python_bin() {
 free_port() {
   "$(python_bin)" -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+watched_pid="${FHIR_SPINE_STOP_WITH_PID:-}"
+owner_gone() {
+  [[ -n "$watched_pid" ]] && ! kill -0 "$watched_pid" 2>/dev/null
 }
 
 metadata_ok() {
@@ -70,8 +80,8 @@ trap 'stop; exit 0' TERM INT HUP
 trap stop EXIT
 
 start_hapi() {
-  "$HERE/setup.sh" hapi
-  local jar="$HERE/hapi/target/hapi-test-server.jar"
+  bash "$HERE/setup.sh" hapi
+  local jar="$HERE/hapi/target/run/hapi-test-server.jar"
   local portfile="$workdir/port"
   local opts="${HAPI_JAVA_OPTS:--Xms256m -Xmx2g -XX:+UseParallelGC -XX:+ExitOnOutOfMemoryError}"
   # shellcheck disable=SC2086  # word splitting of the option strings is intended
@@ -83,6 +93,7 @@ start_hapi() {
   while [[ -z "$port" ]]; do
     kill -0 "$child" 2>/dev/null || { log "HAPI exited during start-up"; exit 1; }
     ((SECONDS < deadline)) || { log "timed out waiting for HAPI to listen"; exit 1; }
+    owner_gone && { log "process $watched_pid is gone; not starting"; exit 1; }
     [[ -s "$portfile" ]] && port="$(tr -dc 0-9 < "$portfile")"
     [[ -n "$port" ]] || sleep 0.5
   done
@@ -90,12 +101,13 @@ start_hapi() {
   until metadata_ok "$BASE"; do
     kill -0 "$child" 2>/dev/null || { log "HAPI exited during start-up"; exit 1; }
     ((SECONDS < deadline)) || { log "timed out waiting for $BASE/metadata"; exit 1; }
+    owner_gone && { log "process $watched_pid is gone; not starting"; exit 1; }
     sleep 0.5
   done
 }
 
 start_sekmet() {
-  "$HERE/setup.sh" sekmet
+  bash "$HERE/setup.sh" sekmet
   local py attempt port
   py="$(python_bin)"
   for attempt in 1 2 3; do
@@ -121,6 +133,7 @@ YAML
     child=$!
     local deadline=$((SECONDS + ${SERVER_START_TIMEOUT:-60}))
     while kill -0 "$child" 2>/dev/null && ((SECONDS < deadline)); do
+      owner_gone && { log "process $watched_pid is gone; not starting"; exit 1; }
       metadata_ok "$BASE" && return 0
       sleep 0.2
     done
@@ -139,7 +152,20 @@ t0=$(date +%s.%N)
 "start_$kind"
 log "ready at $BASE after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s (pid $child)"
 echo "$BASE"
+if [[ -n "$watched_pid" ]]; then
+  while kill -0 "$child" 2>/dev/null; do
+    if owner_gone; then
+      log "process $watched_pid is gone"
+      stop
+      exit 0
+    fi
+    sleep 1
+  done
+fi
 wait "$child" || rc=$?
 child=""
 log "server exited by itself (status ${rc:-0})"
 exit "${rc:-1}"
+}
+main "$@"
+exit $?
