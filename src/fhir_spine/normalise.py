@@ -34,8 +34,13 @@ SEXES = {"female", "male", "other", "unknown"}
 
 @dataclass
 class CodeTally:
-    """Every code seen, per resource type and element, with resource and patient counts."""
+    """Every code seen, per resource type and element, with resource and patient counts.
 
+    Each coding is looked up on its own (not only the one that decided the record), so an
+    RxNorm code next to the ATC code that mapped still shows as known in `codes`.
+    """
+
+    concepts_map: ConceptMap
     resources: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     patients: dict[tuple[str, str, str, str], set[str]] = field(
         default_factory=lambda: defaultdict(set))
@@ -43,7 +48,7 @@ class CodeTally:
     concepts: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
     def add(self, resource_type: str, element: str, codings: Iterable[Coding],
-            patient_id: str, concept_of: dict[Coding, str] | None = None) -> None:
+            patient_id: str, group: str | None = None) -> None:
         for c in set(codings):
             key = (resource_type, element, c.system, c.code)
             self.resources[key] += 1
@@ -51,8 +56,10 @@ class CodeTally:
                 self.patients[key].add(patient_id)
             if c.display and key not in self.displays:
                 self.displays[key] = c.display
-            if concept_of and c in concept_of:
-                self.concepts[key] = concept_of[c]
+            if group is not None and key not in self.concepts:
+                match = self.concepts_map.lookup(group, c)
+                if match is not None:
+                    self.concepts[key] = match.concept
 
 
 @dataclass
@@ -75,8 +82,11 @@ class Normaliser:
     referenced_medications: set[str] = field(default_factory=set)
     by_patient: dict[str, PatientBundle] = field(default_factory=lambda: defaultdict(PatientBundle))
     issues: list[Issue] = field(default_factory=list)
-    codes: CodeTally = field(default_factory=CodeTally)
+    codes: CodeTally = field(init=False)
     measurement_rows: list[tuple[str, Measurement]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.codes = CodeTally(self.concepts)
 
     # ------------------------------------------------------------------ helpers
     def _issue(self, severity: str, code: str, message: str, row: Row, patient_id: str = "",
@@ -104,7 +114,7 @@ class Normaliser:
         matches = {c: m.concept for c in codings
                    if (m := self.concepts.lookup("body-site", c)) is not None}
         self.codes.add(row["resource_type"], f"{row['resource_type']}.bodySite", codings,
-                       patient_id, matches)
+                       patient_id, "body-site")
         return tuple(sorted({m.removeprefix("level-") for m in matches.values()},
                             key=_level_order))
 
@@ -148,9 +158,8 @@ class Normaliser:
         categories = parse_codings(row.get("category_codings"))
         levels = self._levels(row, "body_site_codings", pid)
         match = self._procedure_concept(codings, categories, levels)
-        self.codes.add("Procedure", "Procedure.code", codings, pid,
-                       {match.coding: match.concept} if match else None)
-        self.codes.add("Procedure", "Procedure.category", categories, pid)
+        self.codes.add("Procedure", "Procedure.code", codings, pid, "procedure")
+        self.codes.add("Procedure", "Procedure.category", categories, pid, "procedure")
         if match is None:
             self._issue("info", "unmapped-code", "Procedure code not mapped to a pathway "
                         f"concept: {_show(codings)}", row, pid, sets_aside=True)
@@ -197,8 +206,7 @@ class Normaliser:
                             "not found in the source", row, pid, sets_aside=True)
                 return
         match = self.concepts.first("medication", codings)
-        self.codes.add(rtype, f"{rtype}.medication", codings, pid,
-                       {match.coding: match.concept} if match else None)
+        self.codes.add(rtype, f"{rtype}.medication", codings, pid, "medication")
         if match is None:
             self._issue("info", "unmapped-code", f"{rtype} medication not mapped: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
@@ -232,8 +240,9 @@ class Normaliser:
         categories = parse_codings(row.get("category_codings"))
         kind = self.concepts.first("report", codings) or self.concepts.first("report", categories)
         self.codes.add("DiagnosticReport", "DiagnosticReport.code", codings, pid,
-                       {kind.coding: kind.concept} if kind else None)
-        self.codes.add("DiagnosticReport", "DiagnosticReport.category", categories, pid)
+                       "report")
+        self.codes.add("DiagnosticReport", "DiagnosticReport.category", categories, pid,
+                       "report")
         if kind is None:
             self._issue("info", "unmapped-code", "DiagnosticReport is not a pathology report: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
@@ -241,7 +250,7 @@ class Normaliser:
         conclusion = parse_codings(row.get("conclusion_codings"))
         finding = self.concepts.first("finding", conclusion)
         self.codes.add("DiagnosticReport", "DiagnosticReport.conclusionCode", conclusion, pid,
-                       {finding.coding: finding.concept} if finding else None)
+                       "finding")
         issued = self._when(row.get("issued") or row.get("effective_datetime")
                             or row.get("effective_period_start"), row, pid, "issued")
         status = str(row.get("status") or "")
@@ -259,7 +268,7 @@ class Normaliser:
         codings = parse_codings(row.get("codings"))
         finding = self.concepts.first("finding", codings)
         self.codes.add("Condition", "Condition.code", codings, pid,
-                       {finding.coding: finding.concept} if finding else None)
+                       "finding")
         if finding is None:
             self._issue("info", "unmapped-code", f"Condition code not mapped: {_show(codings)}",
                         row, pid, sets_aside=True)
@@ -283,9 +292,9 @@ class Normaliser:
         pain = self.concepts.first("reason", reasons)
         urgent = self.concepts.first("priority", priority)
         self.codes.add("Encounter", "Encounter.reasonCode", reasons, pid,
-                       {pain.coding: pain.concept} if pain else None)
+                       "reason")
         self.codes.add("Encounter", "Encounter.priority", priority, pid,
-                       {urgent.coding: urgent.concept} if urgent else None)
+                       "priority")
         start = self._when(row.get("period_start"), row, pid, "period.start")
         end = self._when(row.get("period_end"), row, pid, "period.end")
         self.by_patient[pid].encounters.append(EncounterRecord(
@@ -300,7 +309,7 @@ class Normaliser:
         codings = parse_codings(row.get("codings"))
         measure = self.concepts.first("observation", codings)
         self.codes.add("Observation", "Observation.code", codings, pid,
-                       {measure.coding: measure.concept} if measure else None)
+                       "observation")
         if measure is None:
             self._issue("info", "unmapped-code", f"Observation code not mapped: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
@@ -343,7 +352,7 @@ class Normaliser:
             coded = parse_codings(row.get("value_codings"))
             hit = self.concepts.first("value", coded)
             self.codes.add("Observation", "Observation.value", coded, pid,
-                           {hit.coding: hit.concept} if hit else None)
+                           "value")
             if hit is not None and hit.value is not None:
                 value = hit.value
         if value is None:

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fhir_spine.cli import check, extract, load, synth
+    from fhir_spine.cli import check, extract, load, report, synth
 
     parser = argparse.ArgumentParser(
         prog="fhir-spine",
@@ -23,16 +23,28 @@ def build_parser() -> argparse.ArgumentParser:
         "pathway from FHIR R4 and write analysis-ready tables.",
     )
     parser.add_argument("--version", action="version", version=f"fhir-spine {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _add_common_options(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (extract, synth, report, check, load):
+        module.register(sub)
+    for subparser in sub.choices.values():
+        # The same options after the command name (`fhir-spine extract --quiet`) too.
+        _add_common_options(subparser, defaults=False)
+    return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="show tracebacks and debug logs")
     parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text",
+        "--log-format", choices=["text", "json"], default=default("text"),
         help="json: one JSON object per log line, for schedulers",
     )
-    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, synth, check, load):
-        module.register(sub)
-    return parser
+    parser.add_argument("--quiet", action="store_true", default=default(False),
+                        help="warnings and errors only, no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,31 @@
+import pytest
+
+from fhir_spine.cli.main import build_parser, main
+
+COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+
+
+def test_expected_commands_are_wired():
+    assert {"extract", "synth", "report", "check", "load"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"fhir-spine {command}" in out and "--quiet" in out
+
+
+def test_common_options_work_before_and_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["--quiet", "extract"]).quiet is True
+    assert parser.parse_args(["extract", "--quiet"]).quiet is True
+    assert parser.parse_args(["extract"]).quiet is False
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--no-such-option"])
+    assert exit_info.value.code == 2
