@@ -64,6 +64,9 @@ def save(fig: Figure, folder: Path, stem: str) -> tuple[Path, Path]:
 
 
 def _empty(ax: Axes, text: str) -> None:
+    """Say why a panel is blank instead of showing meaningless 0-1 axes."""
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
             color="0.3", fontsize=9)
 
