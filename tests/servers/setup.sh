@@ -10,7 +10,9 @@
 #         servers that are running from the previous jar are not disturbed by a rebuild.
 # sekmet: checks that the sekmet-fhir package (tests extra of pyproject.toml) is importable.
 #
-# Needs: Java 17+ and Maven 3.8+ on PATH for hapi; the project venv (or $FHIR_SPINE_PYTHON).
+# Needs: Java 17+ and Maven 3.8+ on PATH for hapi (when either is missing and this runs as root
+# on a Debian-like machine, it installs openjdk-17-jdk-headless and maven with apt-get);
+# the project venv (or $FHIR_SPINE_PYTHON) with the tests extra for sekmet.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,13 +30,25 @@ hapi_up_to_date() {
   [[ -z "$(find "$HAPI_DIR/pom.xml" "$HAPI_DIR/src" -newer "$HAPI_JAR" -print -quit)" ]]
 }
 
+ensure_java_and_maven() {
+  if command -v java >/dev/null && command -v mvn >/dev/null; then
+    return 0
+  fi
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    log "java or mvn missing: installing openjdk-17-jdk-headless and maven with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven >&2
+  fi
+  command -v java >/dev/null || { log "java not found on PATH (need Java 17+)"; exit 2; }
+  command -v mvn >/dev/null || { log "mvn not found on PATH (need Maven 3.8+)"; exit 2; }
+}
+
 build_hapi() {
   # Runs with the build lock held; another setup.sh may have built it meanwhile.
   if hapi_up_to_date; then
     return 0
   fi
-  command -v java >/dev/null || { log "java not found on PATH (need Java 17+)"; exit 2; }
-  command -v mvn >/dev/null || { log "mvn not found on PATH (need Maven 3.8+)"; exit 2; }
+  ensure_java_and_maven
   local args=(-B -q -Dstyle.color=never -DskipTests)
   if [[ -n "${MAVEN_REPO_LOCAL:-}" ]]; then
     args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")

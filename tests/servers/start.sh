@@ -9,7 +9,7 @@
 # to stderr. SIGTERM/SIGINT stop the server cleanly (and remove its temporary data).
 #
 # Environment:
-#   HAPI_JAVA_OPTS         JVM options for HAPI   (default: -Xms256m -Xmx2g -XX:+UseParallelGC ...)
+#   HAPI_JAVA_OPTS         JVM options for HAPI   (default: -Xms256m -Xmx1536m -XX:+UseParallelGC ...)
 #   HAPI_ARGS              extra --name=value options for the HAPI launcher (see README)
 #   FHIR_SPINE_PYTHON      Python that has sekmet-fhir installed (default: .venv/bin/python)
 #   SERVER_START_TIMEOUT   seconds to wait for /metadata (default: 300 for hapi, 60 for sekmet)
@@ -83,7 +83,7 @@ start_hapi() {
   bash "$HERE/setup.sh" hapi
   local jar="$HERE/hapi/target/run/hapi-test-server.jar"
   local portfile="$workdir/port"
-  local opts="${HAPI_JAVA_OPTS:--Xms256m -Xmx2g -XX:+UseParallelGC -XX:+ExitOnOutOfMemoryError}"
+  local opts="${HAPI_JAVA_OPTS:--Xms256m -Xmx1536m -XX:+UseParallelGC -XX:+ExitOnOutOfMemoryError}"
   # shellcheck disable=SC2086  # word splitting of the option strings is intended
   java $opts -Djava.io.tmpdir="$workdir" -jar "$jar" \
     --server.port=0 --fhirspine.port-file="$portfile" ${HAPI_ARGS:-} >&2 &
