@@ -22,6 +22,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP)
-	if [ -f tests/servers/setup.sh ]; then bash tests/servers/setup.sh; fi
+	bash tests/setup.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
