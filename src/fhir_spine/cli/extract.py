@@ -9,13 +9,10 @@ from pathlib import Path
 
 from fhir_spine import __version__
 from fhir_spine.errors import ExitCode
-from fhir_spine.outputs import check_target, publish, write_dataset
-from fhir_spine.pipeline import extract
 from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import check_folder, iter_folder
-from fhir_spine.summary import summary_lines
-from fhir_spine.tables import build_tables
+from fhir_spine.sources.rest import add_server_options, server_source
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "contract (Parquet + CSV, manifest.json, codebook). Without --source the bundled "
         "demo cohort is used.",
     )
-    p.add_argument("--source", type=Path, help="folder of FHIR NDJSON / JSON files "
-                   "(default: the bundled demo cohort)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--source", type=Path, help="folder of FHIR NDJSON / JSON files "
+                       "(default: the bundled demo cohort)")
+    where.add_argument("--server", help="FHIR base URL to pull the cohort from by REST "
+                       "search (see docs/server.md)")
     p.add_argument("--out", type=Path, default=Path("fhir-spine-out"),
                    help="output folder, replaced atomically (default: ./fhir-spine-out)")
     add_pathway_options(p)
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--validation", choices=["off", "warn", "strict"], default="warn",
                    help="FHIR model validation: warn = issues row and keep the resource "
                    "(default); strict = set invalid resources aside; off = skip")
+    add_server_options(p)
     p.set_defaults(func=run)
 
 
@@ -53,22 +54,34 @@ def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
+    from fhir_spine.outputs import check_target, publish, write_dataset
+    from fhir_spine.pipeline import extract
+    from fhir_spine.summary import summary_lines
+    from fhir_spine.tables import build_tables
+
     started = datetime.now(UTC)
-    source = check_folder(args.source if args.source is not None else DEMO_COHORT)
+    source = None if args.server else check_folder(
+        args.source if args.source is not None else DEMO_COHORT)
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
-    log.info("reading %s", source)
+    if source is None:  # info is filled while the items are read
+        items, info = server_source(args, mappings)
+    else:
+        items, info = iter_folder(source), {
+            "source": {"kind": "files", "location": str(source.absolute())},
+            "fhir_version": "4.0.1", "query": {}}
+    log.info("reading %s", info["source"]["location"])
     with counter("resources read", quiet=args.quiet) as tick:
-        extraction = extract(iter_folder(source), mappings, validation=args.validation,
-                             progress=tick)
+        extraction = extract(items, mappings, validation=args.validation, progress=tick)
     tables = build_tables(extraction)
     severities = tables.issues["severity"].value_counts().to_dict()
     acc = extraction.accounting
     manifest = {
         "schema_version": 1, "tool": "fhir-spine", "tool_version": __version__,
         "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-        "source": {"kind": "files", "location": str(source.absolute())},
-        "fhir_version": "4.0.1", "query": {},
+        "source": info["source"], "fhir_version": info["fhir_version"] or "4.0.1",
+        "query": info["query"],
         "settings": {k: sorted(v) if isinstance(v, frozenset) else v
                      for k, v in vars(mappings.settings).items()},
         "resources_read": dict(sorted(extraction.read_by_type.items())),

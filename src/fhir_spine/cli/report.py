@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 
 from fhir_spine.errors import ExitCode, UsageError
-from fhir_spine.report.build import primary_lines, write_report
-from fhir_spine.report.data import load_cohort
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +40,11 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
+    # Imported here: matplotlib and scipy take a second to load, and `--help` or the other
+    # subcommands should not pay for them.
+    from fhir_spine.report.build import primary_lines, write_report
+    from fhir_spine.report.data import load_cohort
+
     cohort = load_cohort(out_dir)
     target: Path = args.report_dir if args.report_dir is not None else out_dir / "report"
     if _inside(out_dir, target):
