@@ -524,3 +524,111 @@ def test_cohort_pull_reports_windowing_in_the_manifest(mappings):
     assert len(got) == len(set(got))
     assert source.info["query"]["windowed"] is True
     assert source.info["query"]["duplicates_skipped"] > 0
+
+
+# ------------------------------------------------------ load and check commands
+
+def test_load_orders_referenced_resources_first_and_relativises_own_references():
+    from fhir_spine.cli.load import dependency_order, relativise_references
+
+    resources = [
+        resource("Procedure", "pr", subject={"reference": f"{BASE}/Patient/p1"},
+                 encounter={"reference": "Encounter/e1/_history/2"},
+                 partOf=[{"reference": "Procedure/pr0"}]),
+        resource("Procedure", "pr0", subject={"reference": "Patient/p1"}),
+        resource("Encounter", "e1", subject={"reference": "Patient/p1"},
+                 serviceProvider={"reference": "https://other.example/fhir/Organization/o9"}),
+        resource("Patient", "p1"),
+        resource("Observation", "loop-a", hasMember=[{"reference": "Observation/loop-b"}]),
+        resource("Observation", "loop-b", hasMember=[{"reference": "Observation/loop-a"}]),
+    ]
+    assert relativise_references(resources) == 1
+    assert resources[0]["subject"] == {"reference": "Patient/p1"}
+    assert resources[2]["serviceProvider"]["reference"].startswith("https://other.example")
+    order = [f"{r['resourceType']}/{r['id']}" for r in dependency_order(resources)]
+    assert order.index("Patient/p1") < order.index("Encounter/e1") < order.index("Procedure/pr")
+    assert order.index("Procedure/pr0") < order.index("Procedure/pr")
+    assert sorted(order) == sorted(f"{r['resourceType']}/{r['id']}" for r in resources)
+
+
+@responses.activate
+def test_load_puts_transaction_bundles_in_batches():
+    from fhir_spine.cli.load import load
+
+    sent: list[dict] = []
+
+    def reply(request):
+        bundle = json.loads(request.body)
+        sent.append(bundle)
+        return 200, {}, json.dumps({"resourceType": "Bundle", "type": "transaction-response",
+                                    "entry": [{"response": {"status": "201 Created"}}
+                                              for _ in bundle["entry"]]})
+
+    responses.add_callback(responses.POST, BASE, callback=reply)
+    data = [r for r in cohort() if r["resourceType"] in ("Patient", "Procedure")]
+    statuses, bundles = load(client(), data, batch_size=3)
+    assert bundles == 3 and statuses == {"created": 7}
+    entries = [e for b in sent for e in b["entry"]]
+    assert all(b["type"] == "transaction" for b in sent)
+    assert entries[0]["request"] == {"method": "PUT", "url": "Patient/p1"}
+    assert entries[0]["fullUrl"] == f"{BASE}/Patient/p1"
+    assert [e["request"]["url"] for e in entries][:3] == ["Patient/p1", "Patient/p2",
+                                                          "Patient/p3"]
+
+
+def capability(procedure_params=("patient", "code"), export=True) -> dict:
+    types = ["Patient", "Condition", "DiagnosticReport", "Encounter", "Medication",
+             "MedicationAdministration", "MedicationRequest", "Observation", "Procedure"]
+    resources = []
+    for t in types:
+        params = ["_id"] if t in ("Patient", "Medication") else (
+            list(procedure_params) if t == "Procedure" else ["patient"])
+        entry = {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}],
+                 "searchParam": [{"name": n, "type": "token"} for n in params]}
+        if t == "Patient" and export:
+            entry["operation"] = [{"name": "export", "definition": "x"}]
+        resources.append(entry)
+    return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+            "software": {"name": "Test FHIR", "version": "1"},
+            "rest": [{"mode": "server", "resource": resources,
+                      "interaction": [{"code": "transaction"}],
+                      "operation": [{"name": "export", "definition": "y"}] if export else []}]}
+
+
+@responses.activate
+def test_check_reports_capabilities_and_passes(mappings):
+    from fhir_spine.cli.check import _check
+
+    responses.get(f"{BASE}/metadata", json=capability())
+    responses.get(f"{BASE}/.well-known/smart-configuration", status=404)
+    responses.get(re.compile(re.escape(f"{BASE}/Procedure?") + ".*_summary=count"),
+                  json={"resourceType": "Bundle", "type": "searchset", "total": 12})
+    lines: list[str] = []
+    assert _check(client(), mappings, lines.append) == 0
+    text = "\n".join(lines)
+    assert "FHIR version  4.0.1  ok" in text
+    assert "SMART         not offered (.well-known/smart-configuration: 404)" in text
+    assert "$export       system, Patient" in text
+    assert "12 matching procedures" in text
+    assert re.search(r"Procedure\s+yes\s+patient yes, code yes, _lastUpdated assumed", text)
+
+
+@responses.activate
+def test_check_fails_naming_what_is_missing(mappings):
+    from fhir_spine.cli.check import _check
+
+    responses.get(f"{BASE}/metadata", json=capability(procedure_params=("patient",),
+                                                      export=False))
+    responses.get(f"{BASE}/.well-known/smart-configuration", json={
+        "token_endpoint": "https://auth.example.org/token",
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"]})
+    responses.get(re.compile(re.escape(f"{BASE}/Procedure?") + ".*"), status=400, json={
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": "Unknown param code"}]})
+    lines: list[str] = []
+    with pytest.raises(ServerError, match=r"lacks what extract --server needs: Procedure\?code"):
+        _check(client(), mappings, lines.append)
+    text = "\n".join(lines)
+    assert "$export       not offered" in text
+    assert "backend services (private_key_jwt) yes" in text
+    assert "search        FAILED" in text and "Unknown param code" in text

@@ -125,7 +125,10 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
         count = _count_candidates(client, tokens)
         out(f"search        Procedure?code=<index codes>: {count}")
     except ServerError as exc:
-        out(f"search        FAILED: {one_line(str(exc), 300)}")
+        reason = str(exc)
+        if reason.startswith("GET "):  # the long URL is the search shown just above
+            reason = reason.split(": ", 1)[-1]
+        out(f"search        FAILED: {one_line(reason, 300)}")
         problems.append("a search for the index-procedure codes")
     out("")
     if problems:

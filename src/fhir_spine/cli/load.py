@@ -5,7 +5,10 @@ against; this puts the demo cohort (or any folder the file source reads) there i
 command. Resources go up as transaction Bundles of `PUT Type/id`, so loading twice
 leaves the server as loading once. Servers that enforce referential integrity (HAPI)
 reject a reference to something not yet stored, so resources are ordered so that what
-is referenced is sent first (in an earlier bundle or the same one).
+is referenced is sent first (in an earlier bundle or the same one). The same servers
+reject absolute references to another base ("external references"); an absolute
+reference to a resource of the folder itself is the data's own server spelled out, so it
+is loaded as the relative `Type/id` it means, unless `--keep-references`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -50,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--server", required=True, help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")
     p.add_argument("--batch-size", type=int, default=500,
                    help="entries per transaction bundle (default 500)")
+    p.add_argument("--keep-references", action="store_true",
+                   help="send absolute references to resources of the folder as they are "
+                   "(default: as relative Type/id, which servers without external "
+                   "references accept)")
     add_http_options(p)
     p.set_defaults(func=run)
 
@@ -59,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     folder = check_folder(args.folder if args.folder is not None else DEMO_COHORT)
     resources, skipped = read_resources(folder)
+    if not args.keep_references:
+        rewritten = relativise_references(resources)
+        if rewritten:
+            log.info("%d absolute references to resources of %s sent as relative Type/id",
+                     rewritten, folder)
     client = client_from_args(args)
     started = time.monotonic()
     try:
@@ -109,6 +122,35 @@ def _last_updated(resource: dict[str, Any]) -> str:
     return str((resource.get("meta") or {}).get("lastUpdated") or "")
 
 
+_ABSOLUTE = re.compile(r"^https?://[^?#]+?/([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]+)?$")
+
+
+def relativise_references(resources: list[dict[str, Any]]) -> int:
+    """Rewrite, in place, absolute references whose `Type/id` is one of `resources`."""
+    known = {f"{r['resourceType']}/{r['id']}" for r in resources}
+    count = 0
+
+    def walk(value: Any) -> Any:
+        nonlocal count
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "reference" and isinstance(item, str):
+                    m = _ABSOLUTE.match(item)
+                    if m and f"{m.group(1)}/{m.group(2)}" in known:
+                        value[key] = f"{m.group(1)}/{m.group(2)}{m.group(3) or ''}"
+                        count += 1
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        return value
+
+    for resource in resources:
+        walk(resource)
+    return count
+
+
 def references(value: Any) -> Iterator[str]:
     """Every `reference` string inside a resource."""
     if isinstance(value, dict):
@@ -122,6 +164,14 @@ def references(value: Any) -> Iterator[str]:
             yield from references(item)
 
 
+def _key_of(reference: str) -> str:
+    """`Type/id` of a relative, versioned or absolute reference."""
+    m = _ABSOLUTE.match(reference)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    return reference.split("/_history/", 1)[0]
+
+
 def dependency_order(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Referenced resources before the resources that reference them (Kahn's algorithm,
     ties by type rank then input order). A reference cycle, which a transaction resolves
@@ -131,7 +181,8 @@ def dependency_order(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     needs: list[set[int]] = []
     users: dict[int, list[int]] = defaultdict(list)
     for i, resource in enumerate(resources):
-        deps = {index[ref] for ref in references(resource) if ref in index and index[ref] != i}
+        deps = {index[k] for k in map(_key_of, references(resource))
+                if k in index and index[k] != i}
         needs.append(deps)
         for d in deps:
             users[d].append(i)

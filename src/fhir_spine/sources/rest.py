@@ -463,7 +463,12 @@ class RestSource:
                                        "Patient")
                     if pid:
                         found.add(pid)
-        log.info("cohort: %d candidate patients with an index procedure code", len(found))
+        if found:
+            log.info("cohort: %d candidate patients with an index procedure code", len(found))
+        else:
+            log.warning("cohort: no Procedure on the server has an index procedure code (%s); "
+                        "are the site's codes in the mappings (see the codes table of a file "
+                        "extraction, and `fhir-spine check`)?", self.options.index_concept)
         return sorted(found)
 
     def _fetch(self, tasks: Sequence[_Task]) -> Iterator[SourceItem]:
