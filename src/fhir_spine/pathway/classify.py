@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fhir_spine.pathway import adverse, measures
+from fhir_spine.pathway.decisions import Landmarks, decide
 from fhir_spine.pathway.model import (
     ClinicalEvent,
     ConditionRecord,
-    Decision,
     Measurement,
     PatientInput,
     PatientResult,
@@ -17,8 +17,6 @@ from fhir_spine.pathway.model import (
 from fhir_spine.pathway.time import When, days_between
 from fhir_spine.pathway.timeline import (
     NEOPLASTIC_FINDINGS,
-    THERAPY_MODALITY,
-    BiopsyFindings,
     DiagnosisFinding,
     StabilizationFinding,
     TherapyFinding,
@@ -40,14 +38,6 @@ TUMOUR_GROUPS = {
     "tumour-haematological": "haematological",
     "tumour-primary-bone": "primary-bone",
     "tumour-other": "other",
-}
-EVENT_TYPES = {
-    "vertebral-biopsy": "biopsy", "stabilization": "stabilization", "revision": "revision",
-    "decompression": "decompression", "radiotherapy": "therapy-radiotherapy",
-    "systemic-therapy": "therapy-systemic", "systemic-therapy-procedure": "therapy-systemic",
-    "oncologic-resection": "therapy-surgery", "separation-surgery": "therapy-surgery",
-    "bone-modifying-agent": "bone-modifying-agent", "steroid": "steroid",
-    "supportive-drug": "supportive-drug",
 }
 
 
@@ -109,7 +99,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     biopsies = find_biopsies(inp.events, gap)
     if biopsies.index is None:
         result.exclusion_reasons = ["no-index-biopsy"]
-        result.decisions = _decisions(inp, result, biopsies, None, None, None, set())
+        result.decisions = decide(inp, result, Landmarks(biopsies))
         return result
 
     index = biopsies.index
@@ -151,9 +141,8 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     result.exclusion_reasons = _exclusions(
         inp, settings, result, index, index_levels, stab, diagnosis, therapy)
     result.included = not result.exclusion_reasons
-    result.decisions = _decisions(
-        inp, result, biopsies, stab, diagnosis, therapy,
-        {r.source.resource_id for r in readmissions})
+    result.decisions = decide(inp, result, Landmarks(
+        biopsies, stab, diagnosis, therapy, {r.source.resource_id for r in readmissions}))
     return result
 
 
@@ -251,101 +240,3 @@ def _exclusions(
             if value is None:
                 reasons.add("missing-outcome-measures")
     return [r for r in EXCLUSION_ORDER if r in reasons]
-
-
-def _decisions(
-    inp: PatientInput, result: PatientResult, biopsies: BiopsyFindings,
-    stab: StabilizationFinding | None, diagnosis: DiagnosisFinding | None,
-    therapy: TherapyFinding | None, readmission_ids: set[str],
-) -> list[Decision]:
-    """One `events` row per record considered, with why it was not used when it was not."""
-    decisions: list[Decision] = []
-    index = biopsies.index
-    therapy_ids = {id(e) for e in therapy.within_window} if therapy else set()
-    for e in inp.events:
-        kind = EVENT_TYPES.get(e.concept, e.concept)
-        if not e.countable:
-            decisions.append(Decision(e.source, kind, False, e.status_note))
-        elif not e.placed:
-            decisions.append(Decision(e.source, kind, False,
-                                      f"date {e.start.raw if e.start else '(none)'} is not a "
-                                      "calendar day"))
-        elif index is None:
-            decisions.append(Decision(e.source, kind, False, "no index biopsy"))
-        elif e is index:
-            decisions.append(Decision(e.source, "biopsy", True, "index biopsy"))
-        elif e in biopsies.same_session:
-            decisions.append(Decision(e.source, "biopsy", False,
-                                      "same session as the index biopsy (duplicate record)"))
-        elif e in biopsies.repeats:
-            decisions.append(Decision(e.source, "repeat-biopsy", True, "repeat biopsy"))
-        elif e.concept == "stabilization":
-            if stab is not None and e is stab.event:
-                decisions.append(Decision(e.source, kind, True, stab.basis or ""))
-            elif not after(e.start, index.start):  # type: ignore[arg-type]
-                decisions.append(Decision(e.source, kind, False,
-                                          "before the index biopsy, not the same session"))
-            else:
-                decisions.append(Decision(e.source, kind, False,
-                                          "later stabilization (not the first)"))
-        elif e.concept in THERAPY_MODALITY:
-            if id(e) in therapy_ids:
-                first = therapy is not None and e is therapy.first
-                decisions.append(Decision(e.source, kind, True,
-                                          "definitive therapy start" if first else
-                                          "within the first therapy window"))
-            elif not after(e.start, index.start):  # type: ignore[arg-type]
-                decisions.append(Decision(e.source, kind, False, "before the index biopsy"))
-            else:
-                decisions.append(Decision(e.source, kind, False,
-                                          "after the first therapy window"))
-        elif e.concept in ("bone-modifying-agent", "steroid", "supportive-drug"):
-            decisions.append(Decision(e.source, kind, False, "not definitive therapy"))
-        elif e.concept == "revision":
-            used = result.ae_revision > 0 and stab is not None and stab.event is not None \
-                and after(e.start, stab.event.start)  # type: ignore[arg-type]
-            decisions.append(Decision(e.source, kind, used,
-                                      "revision after stabilization" if used else
-                                      "not after the stabilization at the index level"))
-        elif e.concept == "decompression":
-            used = "decompression" in result.exclusion_reasons
-            decisions.append(Decision(e.source, kind, used,
-                                      "exclusion: decompression" if used else
-                                      "after definitive therapy start"))
-        else:
-            decisions.append(Decision(e.source, kind, False, "not a pathway event"))
-    dx_report = diagnosis.report if diagnosis else None
-    for r in inp.reports:
-        if r is dx_report:
-            decisions.append(Decision(r.source, "pathology-report", True, "diagnosis available"))
-        elif not r.countable:
-            decisions.append(Decision(r.source, "pathology-report", False, r.status_note))
-        elif r.finding == "histology-insufficient":
-            decisions.append(Decision(r.source, "pathology-report", index is not None,
-                                      "insufficient sample"))
-        elif r.finding is None:
-            decisions.append(Decision(r.source, "pathology-report", False,
-                                      "conclusion not coded or not mapped"))
-        else:
-            decisions.append(Decision(r.source, "pathology-report", False,
-                                      "not the first conclusive report after the index biopsy"
-                                      if index is not None else "no index biopsy"))
-    for c in inp.conditions:
-        if not c.countable:
-            decisions.append(Decision(c.source, "condition", False, c.status_note))
-        elif c.finding is None:
-            decisions.append(Decision(c.source, "condition", False, "code not mapped"))
-        else:
-            decisions.append(Decision(c.source, "condition", index is not None,
-                                      c.finding if index is not None else "no index biopsy"))
-    pathway_encounters = {e.encounter_id for e in inp.events if e.encounter_id}
-    for enc in inp.encounters:
-        if enc.source.resource_id in readmission_ids:
-            decisions.append(Decision(enc.source, "readmission", True, "pain readmission"))
-        elif enc.source.resource_id in pathway_encounters:
-            decisions.append(Decision(enc.source, "encounter", True,
-                                      "encounter of a pathway procedure"))
-        else:
-            decisions.append(Decision(enc.source, "encounter", False,
-                                      "not linked to a pathway event"))
-    return decisions
