@@ -6,14 +6,16 @@ Starts the server with tests/servers/start.sh (on 127.0.0.1, fresh database), re
 from launching start.sh to its first answered GET /metadata, then loads ``--count`` resources
 (Patients, each with Observations that reference it) in transaction Bundles from one client,
 and reads the server process's resident set size (VmRSS) before and after loading. Prints one
-JSON object. Talks only to 127.0.0.1. ``--url URL --pid PID`` measures a server that is already
-running instead (no start-up time then).
+JSON object, with the CPU time the server process used for each phase and the load average
+(other work on a shared machine stretches the wall-clock times). Talks only to 127.0.0.1.
+``--url URL --pid PID`` measures a server that is already running instead (no start-up time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures import KINDS, ServerProcess, rss_bytes  # noqa: E402
+from fixtures import KINDS, ServerProcess, cpu_seconds, rss_bytes  # noqa: E402
 
 FHIR_JSON = "application/fhir+json"
 HEADERS = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON, "Prefer": "return=minimal"}
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if pid:
             result["rss_idle_mib"] = round(rss_bytes(pid) / 2**20, 1)
+            cpu_before_load = cpu_seconds(pid)
+            if server is not None:
+                result["server_cpu_s_to_metadata"] = round(cpu_before_load, 1)
+        result["loadavg_before"] = os.getloadavg()[0]
         patients = args.count // args.per_patient
         run = uuid.uuid4().hex[:8]
         t0 = time.monotonic()
@@ -136,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             load_s=round(load_s, 1),
             resources_per_s=round(loaded / load_s, 1),
         )
+        result["loadavg_after"] = os.getloadavg()[0]
         if pid:
             result["rss_after_load_mib"] = round(rss_bytes(pid) / 2**20, 1)
+            result["server_cpu_s_load"] = round(cpu_seconds(pid) - cpu_before_load, 1)
         result["server_counts"] = {t: count(base, t) for t in ("Patient", "Observation")}
     finally:
         if server is not None:

@@ -12,7 +12,7 @@
 #   HAPI_JAVA_OPTS         JVM options for HAPI   (default: -Xms256m -Xmx1536m -XX:+UseParallelGC ...)
 #   HAPI_ARGS              extra --name=value options for the HAPI launcher (see README)
 #   FHIR_SPINE_PYTHON      Python that has sekmet-fhir installed (default: .venv/bin/python)
-#   SERVER_START_TIMEOUT   seconds to wait for /metadata (default: 300 for hapi, 60 for sekmet)
+#   SERVER_START_TIMEOUT   seconds to wait for /metadata (default: 600 for hapi, 60 for sekmet)
 #   FHIR_SPINE_STOP_WITH_PID  stop the server when the process with this id is gone (the pytest
 #                          fixtures set it to pytest's own id, so a killed test run leaves no server)
 # The whole script is one function that bash reads completely before running it, so editing
@@ -88,7 +88,7 @@ start_hapi() {
   java $opts -Djava.io.tmpdir="$workdir" -jar "$jar" \
     --server.port=0 --fhirspine.port-file="$portfile" ${HAPI_ARGS:-} >&2 &
   child=$!
-  local deadline=$((SECONDS + ${SERVER_START_TIMEOUT:-300}))
+  local deadline=$((SECONDS + ${SERVER_START_TIMEOUT:-600}))
   local port=""
   while [[ -z "$port" ]]; do
     kill -0 "$child" 2>/dev/null || { log "HAPI exited during start-up"; exit 1; }
