@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 import responses
 
+from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import IncompletePull, ServerError, UsageError
 from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem
@@ -27,7 +28,6 @@ from fhir_spine.sources.rest import (
     RestOptions,
     RestSource,
     Searcher,
-    add_server_options,
     index_code_tokens,
     read_patient_list,
     reference_id,

@@ -6,6 +6,9 @@ shows in `ps` and in shell history for every user of the machine, so the options
 would take one (`--password`, `--token`, `--client-secret`) exist only to refuse it with
 a pointer to the safe way. Every secret loaded is registered with `redact` so it cannot
 come back out through a log line or an error message.
+
+PyJWT and cryptography are imported where a key is used, not at start-up: every
+`fhir-spine` command registers these options, few sign anything.
 """
 
 from __future__ import annotations
@@ -24,10 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir_spine.errors import AuthError, ServerError, UsageError
 from fhir_spine.redact import redact_url, register_secret, scrub
@@ -262,6 +261,8 @@ def build_client_assertion(client_id: str, token_url: str, key: Any, algorithm: 
                            lifetime: int = ASSERTION_LIFETIME_S) -> str:
     """The signed JWT of SMART Backend Services: iss = sub = client id, aud = the token
     endpoint, a fresh `jti` each time (servers reject replays), `exp` at most 5 minutes on."""
+    import jwt
+
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": client_id, "sub": client_id, "aud": token_url,
@@ -276,6 +277,9 @@ def load_private_key(data: bytes, password: str | None = None) -> tuple[Any, str
     The algorithm follows from the key, because SMART allows exactly one per key type:
     RSA signs RS384; ES384 needs an EC key on P-384.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     text = data.strip()
     key_id = ""
     if text.startswith(b"{"):
@@ -301,6 +305,8 @@ def load_private_key(data: bytes, password: str | None = None) -> tuple[Any, str
 
 
 def _key_from_jwk(text: bytes) -> tuple[Any, str]:
+    import jwt
+
     try:
         doc = json.loads(text)
     except ValueError:
@@ -319,6 +325,9 @@ def _key_from_jwk(text: bytes) -> tuple[Any, str]:
 def jwk_thumbprint(key: Any) -> str:
     """RFC 7638 thumbprint of the public key: a stable default `kid` that matches what
     most servers compute for a registered JWKS."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     public = key.public_key()
     if isinstance(public, rsa.RSAPublicKey):
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))

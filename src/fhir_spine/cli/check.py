@@ -14,19 +14,23 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fhir_spine.cli.server_options import add_http_options
 from fhir_spine.errors import ExitCode, ServerError
 from fhir_spine.redact import redact_url
-from fhir_spine.settings import load_mappings
-from fhir_spine.sources.http import FhirClient, add_http_options, client_from_args, one_line
-from fhir_spine.sources.rest import BY_ID_TYPES, INDEX_CONCEPT, index_code_tokens
+
+if TYPE_CHECKING:
+    from fhir_spine.sources.http import FhirClient
 
 log = logging.getLogger(__name__)
 
 # Parameters every resource has by the FHIR specification; servers often leave them out
 # of the CapabilityStatement, so an undeclared one is assumed rather than failed.
 COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
+# Fetched by `_id` in the REST pull (sources.rest.BY_ID_TYPES; repeated here so that
+# registering this command does not load the HTTP stack).
+BY_ID_TYPES = ("Patient", "Medication")
 
 
 @dataclass
@@ -66,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from fhir_spine.settings import load_mappings
+    from fhir_spine.sources.http import client_from_args
+
     mappings = load_mappings(args.mappings)
     client = client_from_args(args)
     try:
@@ -75,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(client: FhirClient, mappings: Any, out: Any) -> int:
+    from fhir_spine.sources.http import one_line
+    from fhir_spine.sources.rest import INDEX_CONCEPT, index_code_tokens
+
     problems: list[str] = []
     metadata = client.fetch_json("metadata")
     if metadata.get("resourceType") != "CapabilityStatement":
@@ -138,6 +148,8 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
 
 
 def _smart(client: FhirClient) -> str:
+    from fhir_spine.sources.http import one_line
+
     try:
         config = client.fetch_json(".well-known/smart-configuration", authenticated=False,
                                    accept="application/json")

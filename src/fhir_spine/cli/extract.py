@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fhir_spine import __version__
+from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode
 from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import check_folder, iter_folder
-from fhir_spine.sources.rest import add_server_options, server_source
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
     if source is None:  # info is filled while the items are read
+        from fhir_spine.sources.rest import server_source
+
         items, info = server_source(args, mappings)
     else:
         items, info = iter_folder(source), {

@@ -21,14 +21,17 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fhir_spine.cli.server_options import add_http_options
 from fhir_spine.errors import ExitCode, ServerError, UsageError
 from fhir_spine.progress import counter
 from fhir_spine.redact import redact_url
 from fhir_spine.settings import DEMO_COHORT
 from fhir_spine.sources.files import RawResource, check_folder, iter_folder
-from fhir_spine.sources.http import FhirClient, add_http_options, client_from_args
+
+if TYPE_CHECKING:
+    from fhir_spine.sources.http import FhirClient
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         if rewritten:
             log.info("%d absolute references to resources of %s sent as relative Type/id",
                      rewritten, folder)
+    from fhir_spine.sources.http import client_from_args
+
     client = client_from_args(args)
     started = time.monotonic()
     try:

@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -32,7 +31,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from fhir_spine import __version__
-from fhir_spine.auth import Auth, add_auth_options, auth_from_args
+from fhir_spine.auth import Auth, auth_from_args
 from fhir_spine.errors import AuthError, ServerError, ServerUnreachable, UsageError
 from fhir_spine.redact import install_log_redaction, redact_url, scrub
 
@@ -440,21 +439,6 @@ def _root_cause(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------- command line
-
-def add_http_options(p: argparse.ArgumentParser) -> None:
-    """Server, TLS, timeout and retry options, plus the authentication group."""
-    g = p.add_argument_group("connection")
-    g.add_argument("--ca-bundle", type=Path, metavar="FILE",
-                   help="PEM file of CA certificates to trust (a hospital's internal CA)")
-    g.add_argument("--insecure", action="store_true",
-                   help="do not verify TLS certificates (test servers only; logs a warning)")
-    g.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="read timeout per request (default 120)")
-    g.add_argument("--retry-time", type=float, default=300.0, metavar="SECONDS",
-                   help="longest time to keep retrying one request on 429/502/503/504 or a "
-                   "dropped connection (default 300)")
-    add_auth_options(p)
-
 
 def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
     if args.ca_bundle is not None and args.insecure:

@@ -32,7 +32,7 @@ from fhir_spine.errors import ConfigError, IncompletePull, ServerError, UsageErr
 from fhir_spine.redact import redact_params, redact_url
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
-from fhir_spine.sources.http import FhirClient, add_http_options, client_from_args, outcome_text
+from fhir_spine.sources.http import FhirClient, client_from_args, outcome_text
 
 log = logging.getLogger(__name__)
 
@@ -551,23 +551,6 @@ def _span(batch: Sequence[str], ids: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------- command line
-
-def add_server_options(p: argparse.ArgumentParser) -> None:
-    """Options of `extract --server` (the caller adds `--server` itself)."""
-    g = p.add_argument_group("server pull (with --server)")
-    g.add_argument("--patients", type=Path, metavar="FILE",
-                   help="pull exactly these patient ids (one a line) instead of searching "
-                   "the cohort by index-procedure codes")
-    g.add_argument("--workers", type=int, default=2,
-                   help="searches run at once (default 2: polite to a shared server)")
-    g.add_argument("--batch-size", type=int, default=50,
-                   help="patient ids per search (default 50)")
-    g.add_argument("--page-size", type=int, default=200, help="_count per page (default 200)")
-    g.add_argument("--search-cap", type=int, default=10_000, metavar="N",
-                   help="results after which a server may silently stop paging; a search "
-                   "reaching it is repeated in _lastUpdated windows (default 10000, 0: off)")
-    add_http_options(p)
-
 
 def server_source(args: argparse.Namespace, mappings: Mappings | None = None
                   ) -> tuple[Iterator[SourceItem], dict[str, Any]]:
