@@ -4,7 +4,7 @@
 #   tests/servers/setup.sh [hapi|sekmet|all]      (default: all)
 #
 # hapi:   builds the launcher with Maven when tests/servers/hapi/target/run/hapi-test-server.jar
-#         is missing or older than pom.xml / src (`mvn -B -q -Dstyle.color=never -DskipTests package`; artifacts are
+#         is missing or older than pom.xml / src (`mvn -B -q -DskipTests package`; artifacts are
 #         cached in ~/.m2, or in $MAVEN_REPO_LOCAL if set). Fast no-op when it is up to date.
 #         The built jar is copied and renamed into target/run/, never rewritten in place, so
 #         servers that are running from the previous jar are not disturbed by a rebuild.
@@ -49,13 +49,14 @@ build_hapi() {
     return 0
   fi
   ensure_java_and_maven
-  local args=(-B -q -Dstyle.color=never -DskipTests)
+  local args=(-B -q -DskipTests)
   if [[ -n "${MAVEN_REPO_LOCAL:-}" ]]; then
     args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
   fi
   log "building the HAPI FHIR test server (mvn ${args[*]} package) ..."
   local start=$SECONDS
-  (cd "$HAPI_DIR" && mvn "${args[@]}" package) >&2
+  # (Debian's Maven 3.8 prints stray colour resets even in batch mode: drop them.)
+  (cd "$HAPI_DIR" && mvn "${args[@]}" package 2>&1) | sed -e $'s/\x1b\\[0m//g' -e '/^$/d' >&2
   [[ -f "$BUILT_JAR" ]] || { log "build finished but $BUILT_JAR is missing"; exit 1; }
   mkdir -p "$(dirname "$HAPI_JAR")"
   cp "$BUILT_JAR" "$HAPI_JAR.tmp"

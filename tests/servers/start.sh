@@ -162,10 +162,11 @@ if [[ -n "$watched_pid" ]]; then
     sleep 1
   done
 fi
+rc=0
 wait "$child" || rc=$?
 child=""
-log "server exited by itself (status ${rc:-0})"
-exit "${rc:-1}"
+log "server exited by itself (status $rc)"
+exit $((rc == 0 ? 1 : rc))   # a server that stops on its own is an error either way
 }
 main "$@"
 exit $?
