@@ -1,0 +1,512 @@
+"""Pseudonymised output: keyed pseudonyms for ids, optional per-patient date shifting.
+
+A pure transformation of the contract's `Tables` (and of a manifest), applied after the
+pathway ran on the real data, so every rule sees the true dates and ids and only the
+published dataset is pseudonymised.
+
+Pseudonyms
+    `<prefix>-<hex>`: the first `HEX_CHARS` (20) hex digits of
+    HMAC-SHA256(key, "fhir-spine/pseudonym/v1" NUL resource type NUL id). The prefix names
+    the type (`pat` Patient, `enc` Encounter, `proc` Procedure, ...; `res` otherwise), and
+    the type is inside the HMAC too, so Patient/1 and Observation/1 get unrelated
+    pseudonyms. The same key gives the same pseudonyms on every run (datasets of nightly
+    runs can be joined); another key gives unrelated ones. Without the key a pseudonym
+    cannot be reversed or recomputed from a guessed id.
+
+    Collision odds: 20 hex digits are 80 bits. Among n distinct ids of one type the
+    chance that any two share a pseudonym is about n^2 / 2^81: 4e-13 for a million ids,
+    4e-9 for a hundred million. A collision is still never silent: it raises.
+
+Date shifting (`date_shift_days = N > 0`)
+    Each patient gets one offset in [-N, N] days, derived from HMAC(key, patient id), and
+    every date and instant of that patient in every table moves by exactly that many
+    days (wall clock and UTC offset kept), so every interval, in days or in hours, is
+    unchanged, as is the order of events. Partial dates (`2023-04`) cannot be moved
+    exactly and are dropped. Ages are computed before, from the true dates.
+
+Birth dates are never in the tables (`patients.age_at_biopsy` only); free text could
+still carry one (an issue about an unparseable birthDate quotes it), so free text is
+scrubbed:
+
+Free text (`events.note`, `issues.message`, `issues.origin`, strings of the manifest)
+    every original id that appears in any id column is replaced by its pseudonym; in
+    notes and messages every quoted literal (`'...'`, the raw input values the messages
+    quote: references, dates, free-text fields) that is not a pseudonym becomes
+    `'[redacted]'`, and every date-like text becomes `[date]`.
+
+The key comes from `FHIR_SPINE_PSEUDONYM_KEY` or a key file, is required, must be at
+least `MIN_KEY_BYTES` bytes, and is never written or logged by this module (the
+manifest gets only `key_id`, an HMAC of a constant, to tell whether two datasets were
+made with the same key). Make one with
+`python -c "import secrets; print(secrets.token_hex(32))"`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import logging
+import re
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fhir_spine.errors import SpineError, UsageError
+from fhir_spine.tables import Tables
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "FHIR_SPINE_PSEUDONYM_KEY"
+MIN_KEY_BYTES = 32
+HEX_CHARS = 20
+MAX_DATE_SHIFT_DAYS = 36500
+MAX_TEXT = 2000  # free text is cut to this many characters before it is scrubbed
+REDACTED = "[redacted]"
+DATE_MARK = "[date]"
+
+PREFIXES = {
+    "Patient": "pat", "Encounter": "enc", "Procedure": "proc", "Observation": "obs",
+    "DiagnosticReport": "dr", "Condition": "cond", "MedicationRequest": "mreq",
+    "MedicationAdministration": "madm", "Medication": "med",
+}
+DEFAULT_PREFIX = "res"
+
+_PSEUDONYM_DOMAIN = b"fhir-spine/pseudonym/v1"
+_SHIFT_DOMAIN = b"fhir-spine/date-shift/v1"
+_KEY_ID_DOMAIN = b"fhir-spine/key-id/v1"
+
+# FHIR ids are [A-Za-z0-9-.]{1,64}; such ids are found in free text by runs of those
+# characters, any other (invalid) id by plain substring search.
+_ID_CHARS = re.compile(r"[A-Za-z0-9.\-]+")
+_VALID_ID = re.compile(r"[A-Za-z0-9.\-]{1,64}")
+_MAX_ID = 64
+_PSEUDONYM_TEXT = (r"(?:" + "|".join(sorted(set(PREFIXES.values()) | {DEFAULT_PREFIX}))
+                   + r")-[0-9a-f]{" + str(HEX_CHARS) + r"}")
+_KEEPABLE_LITERAL = re.compile(r"(?:[A-Za-z]+/)?" + _PSEUDONYM_TEXT
+                               + r"|\[redacted\]|\(none\)")
+_PSEUDONYM_RUN = re.compile(_PSEUDONYM_TEXT)
+_REFERENCE_BEFORE = re.compile(r"\b[A-Z][A-Za-z]+/\Z")
+_LOWER_WORD = re.compile(r"[a-z]+")
+_LOCATION = re.compile(r"(?::[0-9]+|#entry\[[0-9]+\])+\Z")
+_PATHLIKE = re.compile(r"https?://[^\s'\"]+|[^\s'\"]+\.(?:ndjson|jsonl|json)(?:\.gz)?"
+                       r"(?:(?::[0-9]+|#entry\[[0-9]+\])+)?")
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_DATE_LIKE = re.compile(
+    r"(?<![0-9])[0-9]{4}-[0-9]{1,2}(?:-[0-9]{1,2})?"
+    r"(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+    r"(?![0-9])")
+# classify.py writes partial dates unquoted: "date 2023 is not a calendar day"
+_NOT_A_DAY = re.compile(r"(?<=\bdate )\S+(?= is not a calendar day)")
+_FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+PATIENT_DATE_COLUMNS = ("index_biopsy_date", "stabilization_date",
+                        "diagnosis_available_date", "therapy_start_date")
+
+
+# ---------------------------------------------------------------------------- the key
+def load_key(env: Mapping[str, str], key_file: Path | None = None) -> bytes:
+    """The pseudonymisation key: the contents of `key_file` if given, else `$ENV_VAR`.
+
+    Surrounding whitespace (a trailing newline) is stripped. Raises `UsageError` (one
+    line, never showing the key) when there is no key or it is shorter than
+    `MIN_KEY_BYTES` bytes.
+    """
+    if key_file is not None:
+        try:
+            raw = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the pseudonym key file {key_file}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
+        where = f"pseudonym key file {key_file}"
+        try:
+            mode = Path(key_file).stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("%s is readable by other users; chmod 600 it", where)
+        except OSError:
+            pass
+    else:
+        value = env.get(ENV_VAR)
+        if value is None or not value.strip():
+            raise UsageError(f"pseudonymisation needs a key: set {ENV_VAR} or pass "
+                             "--pseudonym-key-file FILE (at least "
+                             f"{MIN_KEY_BYTES} bytes, e.g. 64 hex digits)")
+        raw = value.encode("utf-8")
+        where = f"${ENV_VAR}"
+    key = raw.strip()
+    if not key:
+        raise UsageError(f"{where} is empty; the pseudonym key must have at least "
+                         f"{MIN_KEY_BYTES} bytes")
+    if len(key) < MIN_KEY_BYTES:
+        raise UsageError(f"{where} holds a key of {len(key)} bytes; at least "
+                         f"{MIN_KEY_BYTES} are required (e.g. 64 hex digits)")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short fingerprint to tell whether two datasets used the same key."""
+    return hmac.new(key, _KEY_ID_DOMAIN, hashlib.sha256).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------- pseudonyms, shifts
+def _digest(key: bytes, *parts: str) -> bytes:
+    message = b"\x00".join(p.encode("utf-8", "surrogatepass") for p in parts)
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def pseudonym(key: bytes, resource_type: str, original: str) -> str:
+    """`<prefix>-<hex>` for the id `original` of `resource_type`."""
+    digest = _digest(key, _PSEUDONYM_DOMAIN.decode(), resource_type or "", original)
+    return f"{PREFIXES.get(resource_type, DEFAULT_PREFIX)}-{digest.hex()[:HEX_CHARS]}"
+
+
+def date_shift(key: bytes, patient_id: str, max_days: int) -> int:
+    """The patient's offset in days, in [-max_days, max_days] (0 when max_days is 0)."""
+    if max_days <= 0:
+        return 0
+    digest = _digest(key, _SHIFT_DOMAIN.decode(), patient_id)
+    return int.from_bytes(digest[:8], "big") % (2 * max_days + 1) - max_days
+
+
+def shift_text(value: Any, days: int) -> str | None:
+    """Move an ISO date or instant (as the tables write them) by `days`; None if partial
+    or not a date (it cannot be moved exactly, and must not stay unmoved)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    text = str(value)
+    if days == 0:
+        return text
+    try:
+        if "T" in text:
+            return (datetime.fromisoformat(text) + timedelta(days=days)).isoformat()
+        if _FULL_DATE.fullmatch(text):
+            return (date.fromisoformat(text) + timedelta(days=days)).isoformat()
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def shift_date(value: Any, days: int) -> date | None:
+    if value is None or (not isinstance(value, date) and pd.isna(value)):
+        return None
+    if isinstance(value, datetime):
+        value = value.date()
+    elif not isinstance(value, date):
+        value = date.fromisoformat(str(value)[:10])
+    try:
+        return value + timedelta(days=days)
+    except OverflowError:
+        return None
+
+
+# ------------------------------------------------------------------ the transformation
+@dataclass
+class _Context:
+    resource_type: str = ""
+    resource_id: str = ""
+    patient_id: str = ""
+    encounter_id: str = ""
+
+
+@dataclass
+class Pseudonymiser:
+    """Pseudonyms and free-text scrubbing for one dataset (the ids it holds)."""
+
+    key: bytes
+    date_shift_days: int = 0
+    types_of: dict[str, list[str]] = field(default_factory=dict)  # id -> its types
+    odd_ids: list[str] = field(default_factory=list)             # ids not FHIR-shaped
+    type_names: set[str] = field(default_factory=lambda: set(PREFIXES))
+    _seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, bytes | bytearray) or len(self.key) < MIN_KEY_BYTES:
+            raise UsageError(f"the pseudonym key must have at least {MIN_KEY_BYTES} bytes")
+        if not 0 <= int(self.date_shift_days) <= MAX_DATE_SHIFT_DAYS:
+            raise UsageError(f"--date-shift-days must be between 0 and {MAX_DATE_SHIFT_DAYS}")
+        self.key = bytes(self.key)
+        self._pseudo = lru_cache(maxsize=None)(self._compute)
+        self._shift = lru_cache(maxsize=None)(
+            lambda pid: date_shift(self.key, pid, int(self.date_shift_days)))
+
+    # -- ids
+    def learn(self, tables: Tables) -> None:
+        """Collect every original id of the tables, with the type(s) it is an id of."""
+        found: dict[str, set[str]] = {}
+
+        def add(resource_type: str, values: Iterable[Any]) -> None:
+            for v in values:
+                if isinstance(v, str) and v:
+                    found.setdefault(v, set()).add(resource_type)
+
+        add("Patient", tables.patients["patient_id"])
+        for df in (tables.events, tables.observations, tables.issues):
+            add("Patient", df["patient_id"].dropna().unique())
+            pairs = df[["resource_type", "resource_id"]].dropna(subset=["resource_id"])
+            for rtype, ids in pairs.groupby(pairs["resource_type"].fillna(""), sort=False):
+                add(str(rtype), ids["resource_id"].unique())
+        add("Encounter", tables.events["encounter_id"].dropna().unique())
+        for df in (tables.events, tables.observations, tables.issues, tables.codes):
+            self.type_names.update(str(t) for t in df["resource_type"].dropna().unique())
+        order = {"Patient": 0, "Encounter": 1}
+        for original, types in found.items():
+            ranked = sorted(types, key=lambda t: (order.get(t, 2), t))
+            known = self.types_of.setdefault(original, [])
+            known.extend(t for t in ranked if t not in known)
+        self.odd_ids = sorted((i for i in self.types_of if not _VALID_ID.fullmatch(i)),
+                              key=len, reverse=True)
+
+    def _compute(self, resource_type: str, original: str) -> str:
+        value = pseudonym(self.key, resource_type, original)
+        previous = self._seen.setdefault(value, (resource_type, original))
+        if previous != (resource_type, original) and PREFIXES.get(
+                previous[0], DEFAULT_PREFIX) == PREFIXES.get(resource_type, DEFAULT_PREFIX):
+            raise SpineError(f"pseudonym collision between two {resource_type or 'resource'} "
+                             f"ids at {HEX_CHARS} hex digits; this should never happen")
+        return value
+
+    def pseudo(self, resource_type: str, original: Any) -> Any:
+        if original is None or (not isinstance(original, str) and pd.isna(original)):
+            return original
+        if original == "":
+            return original
+        return self._pseudo(resource_type or "", str(original))
+
+    def _type_for(self, original: str, text: str, start: int, ctx: _Context) -> str:
+        types = self.types_of.get(original) or [""]
+        for t in types:
+            if t and text.endswith(f"{t}/", 0, start):
+                return t
+        if original == ctx.resource_id and ctx.resource_type in types:
+            return ctx.resource_type
+        if original == ctx.patient_id and "Patient" in types:
+            return "Patient"
+        if original == ctx.encounter_id and "Encounter" in types:
+            return "Encounter"
+        return types[0]
+
+    def replace_ids(self, text: str, ctx: _Context | None = None, *,
+                    protect_words: bool = False, protect_types: bool = False) -> str:
+        """Every original id in `text` -> its pseudonym (ids bounded by `-`, `.` or any
+        character that cannot be part of an id; the longest match wins).
+
+        `protect_words` (running text): a bare number, a lower-case word or a resource
+        type name is left alone unless in reference form (`Type/id`): in a message it is
+        a position, a value or a word of the message (ids in messages are references,
+        quoted values or file names, which are handled). `protect_types` (file names,
+        URLs): the same for resource type names only (`Patient-example.json`).
+        """
+        ctx = ctx or _Context()
+        for original in self.odd_ids:
+            if original in text:
+                text = text.replace(original, self.pseudo(
+                    self._type_for(original, text, text.find(original), ctx), original))
+        out: list[str] = []
+        last = 0
+        for run in _ID_CHARS.finditer(text):
+            s = run.group()
+            if _PSEUDONYM_RUN.fullmatch(s):
+                continue
+            bounds = sorted({0, len(s)} | {i for i, ch in enumerate(s) if ch in ".-"}
+                            | {i + 1 for i, ch in enumerate(s) if ch in ".-"})
+            i = 0
+            while i < len(bounds) - 1:
+                a = bounds[i]
+                hit = None
+                top = bisect.bisect_right(bounds, a + _MAX_ID) - 1
+                for j in range(top, i, -1):
+                    candidate = s[a:bounds[j]]
+                    if candidate in self.types_of and not (
+                            (protect_words or protect_types)
+                            and self._protected(candidate, text, run.start() + a,
+                                                words=protect_words)):
+                        hit = j
+                        break
+                if hit is None:
+                    i += 1
+                    continue
+                b = bounds[hit]
+                begin = run.start() + a
+                original = s[a:b]
+                out.append(text[last:begin])
+                out.append(self.pseudo(self._type_for(original, text, begin, ctx), original))
+                last = run.start() + b
+                i = hit
+        out.append(text[last:])
+        return "".join(out)
+
+    def _protected(self, token: str, text: str, start: int, *, words: bool) -> bool:
+        if _REFERENCE_BEFORE.search(text[max(0, start - 80):start]):
+            return False  # Type/id: an id whatever it looks like
+        if token in self.type_names:
+            return True
+        return words and (token.isdigit() or _LOWER_WORD.fullmatch(token) is not None)
+
+    def scrub_origin(self, text: Any, ctx: _Context | None = None) -> Any:
+        """File, bundle entry or URL: ids in the file name or URL become pseudonyms; the
+        position (`:line`, `#entry[i]`) is kept."""
+        if text is None or (not isinstance(text, str) and pd.isna(text)):
+            return text
+        text = _clip(str(text))
+        m = _LOCATION.search(text)
+        source, location = (text[:m.start()], m.group()) if m else (text, "")
+        return self.replace_ids(source, ctx, protect_types=True) + location
+
+    def _literal(self, quoted: str, ctx: _Context) -> str:
+        """A quoted raw value: an id (whatever it looks like) -> its pseudonym; a
+        pseudonym or reference to one stays; anything else -> [redacted]."""
+        mark, content = quoted[0], quoted[1:-1]
+        if content in self.types_of:
+            return f"{mark}{self.pseudo(self._type_for(content, '', 0, ctx), content)}{mark}"
+        if _KEEPABLE_LITERAL.fullmatch(content):
+            return quoted
+        return f"{mark}{REDACTED}{mark}"
+
+    def scrub_free_text(self, text: Any, ctx: _Context) -> Any:
+        """Ids -> pseudonyms (file names and URLs inside as origins), quoted raw values
+        -> '[redacted]', dates -> [date]."""
+        if text is None or (not isinstance(text, str) and pd.isna(text)):
+            return text
+        text = _clip(str(text))
+        pieces: list[str] = []
+        last = 0
+        for m in _PATHLIKE.finditer(text):
+            pieces.append(self.replace_ids(text[last:m.start()], ctx, protect_words=True))
+            pieces.append(self.scrub_origin(m.group(), ctx))
+            last = m.end()
+        pieces.append(self.replace_ids(text[last:], ctx, protect_words=True))
+        text = "".join(pieces)
+        text = _QUOTED.sub(lambda m: self._literal(m.group(), ctx), text)
+        text = _NOT_A_DAY.sub(DATE_MARK, text)
+        return _DATE_LIKE.sub(DATE_MARK, text)
+
+    # -- tables
+    def tables(self, tables: Tables) -> Tables:
+        self.learn(tables)
+        return Tables(self._patients(tables.patients), self._events(tables.events),
+                      self._observations(tables.observations), self._issues(tables.issues),
+                      tables.codes.copy())
+
+    def _offsets(self, patient_ids: pd.Series) -> list[int]:
+        return [self._shift(p) if isinstance(p, str) and p else 0 for p in patient_ids]
+
+    def _patients(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        if self.date_shift_days:
+            offsets = self._offsets(df["patient_id"])
+            for column in PATIENT_DATE_COLUMNS:
+                out[column] = pd.Series(
+                    [shift_date(v, d) for v, d in zip(df[column], offsets, strict=True)],
+                    index=df.index, dtype="object")
+        out["patient_id"] = self._map(df["patient_id"], "Patient")
+        return out
+
+    def _events(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        if self.date_shift_days:
+            offsets = self._offsets(df["patient_id"])
+            for column in ("start", "end"):
+                out[column] = pd.Series(
+                    [shift_text(v, d) for v, d in zip(df[column], offsets, strict=True)],
+                    index=df.index, dtype="string")
+        out["note"] = pd.Series([
+            self.scrub_free_text(n, _Context(t or "", r or "", p or "", e or ""))
+            for n, t, r, p, e in zip(df["note"], _texts(df["resource_type"]),
+                                     _texts(df["resource_id"]), _texts(df["patient_id"]),
+                                     _texts(df["encounter_id"]), strict=True)
+        ], index=df.index, dtype="string")
+        out["patient_id"] = self._map(df["patient_id"], "Patient")
+        out["encounter_id"] = self._map(df["encounter_id"], "Encounter")
+        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
+        return out
+
+    def _observations(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        if self.date_shift_days:
+            offsets = self._offsets(df["patient_id"])
+            out["effective"] = pd.Series(
+                [shift_text(v, d) for v, d in zip(df["effective"], offsets, strict=True)],
+                index=df.index, dtype="string")
+            out["effective_date"] = pd.Series(
+                [shift_date(v, d) for v, d in zip(df["effective_date"], offsets, strict=True)],
+                index=df.index, dtype="object")
+        out["patient_id"] = self._map(df["patient_id"], "Patient")
+        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
+        return out
+
+    def _issues(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        contexts = [_Context(t or "", r or "", p or "") for t, r, p in zip(
+            _texts(df["resource_type"]), _texts(df["resource_id"]), _texts(df["patient_id"]),
+            strict=True)]
+        out["message"] = pd.Series([self.scrub_free_text(m, c) for m, c in zip(
+            df["message"], contexts, strict=True)], index=df.index, dtype="string")
+        out["origin"] = pd.Series([self.scrub_origin(o, c) for o, c in zip(
+            df["origin"], contexts, strict=True)], index=df.index, dtype="string")
+        out["patient_id"] = self._map(df["patient_id"], "Patient")
+        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
+        return out
+
+    def _map(self, column: pd.Series, resource_type: str) -> pd.Series:
+        return pd.Series([self.pseudo(resource_type, v) for v in column],
+                         index=column.index, dtype=column.dtype)
+
+    def _map_typed(self, types: pd.Series, ids: pd.Series) -> pd.Series:
+        return pd.Series([self.pseudo(t if isinstance(t, str) else "", v)
+                          for t, v in zip(types, ids, strict=True)],
+                         index=ids.index, dtype=ids.dtype)
+
+    # -- manifest
+    def manifest(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        def walk(value: Any) -> Any:
+            if isinstance(value, str):
+                return self.replace_ids(value)
+            if isinstance(value, Mapping):
+                return {k: walk(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [walk(v) for v in value]
+            return value
+
+        out = walk(dict(manifest))
+        out["pseudonymisation"] = {
+            "method": "HMAC-SHA256", "key_id": key_id(self.key),
+            "pseudonym_hex_digits": HEX_CHARS, "date_shift_days": int(self.date_shift_days),
+            "free_text": "ids replaced; quoted values redacted; dates replaced by [date]",
+            "birth_dates": "not output (age at the index biopsy only)",
+        }
+        return out
+
+
+def _clip(text: str) -> str:
+    """Free text longer than MAX_TEXT is cut (at a space, so no id is left half-cut)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    cut = text[:MAX_TEXT]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > MAX_TEXT // 2 else "") + " [truncated]"
+
+
+def _texts(column: pd.Series) -> list[str | None]:
+    return [v if isinstance(v, str) else None for v in column]
+
+
+def pseudonymise_tables(tables: Tables, key: bytes, date_shift_days: int = 0) -> Tables:
+    """A copy of `tables` with every patient, encounter and resource id replaced by its
+    keyed pseudonym, free text scrubbed and, when `date_shift_days` > 0, every date of a
+    patient moved by that patient's offset in [-date_shift_days, date_shift_days]."""
+    return Pseudonymiser(key, date_shift_days).tables(tables)
+
+
+def pseudonymise_manifest(manifest: Mapping[str, Any], tables: Tables, key: bytes,
+                          date_shift_days: int = 0) -> dict[str, Any]:
+    """A copy of `manifest` whose strings hold no original id of `tables` (the tables as
+    extracted, before pseudonymisation), with a `pseudonymisation` block (no key)."""
+    p = Pseudonymiser(key, date_shift_days)
+    p.learn(tables)
+    return p.manifest(manifest)
