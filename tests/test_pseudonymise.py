@@ -481,3 +481,22 @@ def test_huge_free_text_is_cut_before_scrubbing():
     out = pseudonymise_tables(tables, KEY)
     message = out.issues.loc[0, "message"]
     assert len(message) <= ps.MAX_TEXT + 20 and message.endswith("[truncated]")
+
+
+def test_manifest_strings_lose_ids_but_keep_versions_times_and_positions():
+    tables = _tables(patients=[{"patient_id": "12", "included": False}],
+                     issues=[{"severity": "info", "code": "c", "resource_type": "Observation",
+                              "resource_id": "1", "message": "m", "set_aside": True}])
+    manifest = {"query": {"_id": "12", "url": "https://h.example/fhir/Patient?_id=12&_count=50",
+                          "patient": ["12", "Patient/12"]},
+                "started": "2024-01-01T00:00:00+00:00", "fhir_version": "4.0.1",
+                "accounting": {"read": 12}}
+    out = pseudonymise_manifest(manifest, tables, KEY, date_shift_days=7)
+    pat = ps.pseudonym(KEY, "Patient", "12")
+    assert out["query"] == {"_id": pat, "url": f"https://h.example/fhir/Patient?_id={pat}"
+                            "&_count=50", "patient": [pat, f"Patient/{pat}"]}
+    assert out["started"] == manifest["started"] and out["fhir_version"] == "4.0.1"
+    assert out["accounting"] == {"read": 12}
+    block = out["pseudonymisation"]
+    assert block["key_id"] == ps.key_id(KEY) != ps.key_id(OTHER_KEY)
+    assert block["date_shift_days"] == 7 and KEY.decode() not in json.dumps(out)

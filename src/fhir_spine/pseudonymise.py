@@ -29,10 +29,15 @@ still carry one (an issue about an unparseable birthDate quotes it), so free tex
 scrubbed:
 
 Free text (`events.note`, `issues.message`, `issues.origin`, strings of the manifest)
-    every original id that appears in any id column is replaced by its pseudonym; in
-    notes and messages every quoted literal (`'...'`, the raw input values the messages
-    quote: references, dates, free-text fields) that is not a pseudonym becomes
-    `'[redacted]'`, and every date-like text becomes `[date]`.
+    original ids (every value of an id column) are replaced by their pseudonyms: in
+    file names and URLs (`Patient-<id>.json`, `.../Procedure/<id>`) and in reference
+    form (`Procedure/<id>`) always; bare in running text only when they cannot be
+    ordinary text (a number, a lower-case word or a resource type name there is a
+    position, a value or a word of the message). Positions (`:12`, `#entry[3]`) are
+    kept. In notes and messages every quoted literal (the raw input values messages
+    quote: references, dates, free text) becomes the pseudonym when it is an id and
+    `'[redacted]'` otherwise, and every date-like text becomes `[date]`. Free text is
+    cut to `MAX_TEXT` characters first.
 
 The key comes from `FHIR_SPINE_PSEUDONYM_KEY` or a key file, is required, must be at
 least `MIN_KEY_BYTES` bytes, and is never written or logged by this module (the
@@ -103,7 +108,7 @@ _DATE_LIKE = re.compile(
     r"(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
     r"(?![0-9])")
 # classify.py writes partial dates unquoted: "date 2023 is not a calendar day"
-_NOT_A_DAY = re.compile(r"(?<=\bdate )\S+(?= is not a calendar day)")
+_NOT_A_DAY = re.compile(r"(?<=\bdate )(?!\(none\))\S+(?= is not a calendar day)")
 _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 PATIENT_DATE_COLUMNS = ("index_biopsy_date", "stabilization_date",
@@ -304,7 +309,7 @@ class Pseudonymiser:
         """
         ctx = ctx or _Context()
         for original in self.odd_ids:
-            if original in text:
+            if original.strip() and original in text:
                 text = text.replace(original, self.pseudo(
                     self._type_for(original, text, text.find(original), ctx), original))
         out: list[str] = []
@@ -342,8 +347,9 @@ class Pseudonymiser:
         return "".join(out)
 
     def _protected(self, token: str, text: str, start: int, *, words: bool) -> bool:
-        if _REFERENCE_BEFORE.search(text[max(0, start - 80):start]):
-            return False  # Type/id: an id whatever it looks like
+        if _REFERENCE_BEFORE.search(text[max(0, start - 80):start]) or (
+                start > 0 and text[start - 1] == "="):
+            return False  # Type/id or name=id: an id whatever it looks like
         if token in self.type_names:
             return True
         return words and (token.isdigit() or _LOWER_WORD.fullmatch(token) is not None)
@@ -357,6 +363,19 @@ class Pseudonymiser:
         m = _LOCATION.search(text)
         source, location = (text[:m.start()], m.group()) if m else (text, "")
         return self.replace_ids(source, ctx, protect_types=True) + location
+
+    def replace_ids_in_text(self, text: str, ctx: _Context | None = None) -> str:
+        """Running text: file names and URLs in it as origins, the rest as words."""
+        if text in self.types_of:
+            return str(self.pseudo(self._type_for(text, "", 0, ctx or _Context()), text))
+        pieces: list[str] = []
+        last = 0
+        for m in _PATHLIKE.finditer(text):
+            pieces.append(self.replace_ids(text[last:m.start()], ctx, protect_words=True))
+            pieces.append(self.scrub_origin(m.group(), ctx))
+            last = m.end()
+        pieces.append(self.replace_ids(text[last:], ctx, protect_words=True))
+        return "".join(pieces)
 
     def _literal(self, quoted: str, ctx: _Context) -> str:
         """A quoted raw value: an id (whatever it looks like) -> its pseudonym; a
@@ -373,15 +392,7 @@ class Pseudonymiser:
         -> '[redacted]', dates -> [date]."""
         if text is None or (not isinstance(text, str) and pd.isna(text)):
             return text
-        text = _clip(str(text))
-        pieces: list[str] = []
-        last = 0
-        for m in _PATHLIKE.finditer(text):
-            pieces.append(self.replace_ids(text[last:m.start()], ctx, protect_words=True))
-            pieces.append(self.scrub_origin(m.group(), ctx))
-            last = m.end()
-        pieces.append(self.replace_ids(text[last:], ctx, protect_words=True))
-        text = "".join(pieces)
+        text = self.replace_ids_in_text(_clip(str(text)), ctx)
         text = _QUOTED.sub(lambda m: self._literal(m.group(), ctx), text)
         text = _NOT_A_DAY.sub(DATE_MARK, text)
         return _DATE_LIKE.sub(DATE_MARK, text)
@@ -466,7 +477,7 @@ class Pseudonymiser:
     def manifest(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         def walk(value: Any) -> Any:
             if isinstance(value, str):
-                return self.replace_ids(value)
+                return self.replace_ids_in_text(value)
             if isinstance(value, Mapping):
                 return {k: walk(v) for k, v in value.items()}
             if isinstance(value, list | tuple):
