@@ -31,7 +31,6 @@ import org.springframework.transaction.annotation.EnableTransactionManagement;
 
 import java.time.Duration;
 import java.util.Properties;
-import javax.sql.DataSource;
 
 /**
  * The JPA side of the test server: HAPI's R4 JPA configuration plus the beans HAPI expects
@@ -57,14 +56,14 @@ public class HapiJpaServerConfig {
 
 	@Bean
 	public static JpaStorageSettings storageSettings(
-			@Value("${fhirspine.client-id-strategy:ALPHANUMERIC}") JpaStorageSettings.ClientIdStrategyEnum myClientIdStrategy) {
+			@Value("${fhirspine.client-id-strategy:ALPHANUMERIC}") JpaStorageSettings.ClientIdStrategyEnum theClientIdStrategy) {
 		JpaStorageSettings settings = new JpaStorageSettings();
 		// Never answer a search from a cached earlier result: a test that writes and then
 		// searches again must see its own writes (HAPI's default reuses results for 60 s).
 		settings.setReuseCachedSearchResultsForMillis(null);
 		// Client-assigned ids on PUT / conditional create ("Patient/abc").
-		settings.setResourceClientIdStrategy(myClientIdStrategy);
-		if (myClientIdStrategy == JpaStorageSettings.ClientIdStrategyEnum.ANY) {
+		settings.setResourceClientIdStrategy(theClientIdStrategy);
+		if (theClientIdStrategy == JpaStorageSettings.ClientIdStrategyEnum.ANY) {
 			settings.setResourceServerIdStrategy(JpaStorageSettings.IdStrategyEnum.UUID);
 		}
 		// Bulk export: run the jobs here, never hand back an older job's files for a repeated request.
