@@ -14,10 +14,9 @@ references in every form. For every batch:
   `invalid-resource` row, a bad date an `unparseable-date` / `partial-date` row, an
   unusable subject a `no-patient-reference` / `missing-patient` row.
 
-Inputs that hit a *known* src bug are rejected here (`_known_bug`) so the other
-properties keep being checked; each known bug has its minimal reproduction below as a
-strict xfail, which starts failing (XPASS) as soon as the bug is fixed: then delete the
-xfail and its `_KNOWN_BUGS` entry.
+The bugs these properties found (offsets past +-14:00, instants at the calendar's ends,
+non-string codes and ids, JSON text in primitive-extension slots) are fixed; each keeps
+a regression test at the end of this file.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import json
 import os
 import re
 import tempfile
-import traceback
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhir_spine.pathway.time import UnparseableTime, parse_when
@@ -139,39 +137,15 @@ DATE_FIELDS = [
     ("MedicationAdministration", ("effectiveDateTime",)),
 ]
 
-# ------------------------------------------------------------------ known src bugs
-# (exception type, file, function) of the innermost src frame; see the xfails below.
-_KNOWN_BUGS = {
-    ("ValueError", "time.py", "_offset"),          # offsets >= 24:00
-    ("OverflowError", "time.py", "parse_when"),    # year 1 / 9999 moved across a boundary
-    ("TypeError", "normalise.py", "condition"),    # non-string verificationStatus code
-    ("AttributeError", "validate.py", "validation_problem"),  # `_field` holding JSON text
-}
-
-
-def _known_bug(exc: BaseException) -> bool:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "fhir_spine" in f.filename]
-    if not frames:
-        return False
-    last = frames[-1]
-    return (type(exc).__name__, Path(last.filename).name, last.name) in _KNOWN_BUGS
-
-
 def _run(resources: list[dict[str, Any]], validation: str = "warn", *, tables: bool = False):
-    """Extract (and build the tables: slow, ~0.3 s) or reject a known src bug."""
+    """Extract (and build the tables: slow, ~0.3 s)."""
     items = [RawResource(r, f"gen.ndjson:{n}") for n, r in enumerate(resources, start=1)]
     return items, *_extract(items, validation, tables)
 
 
 def _extract(items, validation: str = "warn", tables: bool = False):
-    try:
-        extraction = extract(items, MAPPINGS, validation=validation)  # type: ignore[arg-type]
-        built = build_tables(extraction) if tables else None
-    except Exception as exc:
-        if _known_bug(exc):
-            reject()
-        raise
+    extraction = extract(items, MAPPINGS, validation=validation)  # type: ignore[arg-type]
+    built = build_tables(extraction) if tables else None
     return extraction, built
 
 
@@ -221,9 +195,9 @@ def dates(draw) -> tuple[str, str]:
         frac = draw(st.sampled_from(["", ".5", ".123", ".123456789"]))
         offset = draw(st.one_of(
             st.sampled_from(["Z", "+00:00", "-00:00", "+14:00", "-12:00", "+05:45", "-09:30",
-                             "+23:59", "-23:59", ""]),
+                             ""]),
             st.builds(lambda s, h, m: f"{s}{h:02d}:{m:02d}", st.sampled_from("+-"),
-                      st.integers(0, 23), st.integers(0, 59))))
+                      st.integers(0, 13), st.integers(0, 59))))
         return category, f"{d.isoformat()}T{hh:02d}:{mm:02d}:{ss:02d}{frac}{offset}"
     if category == "partial":
         return category, draw(st.sampled_from([f"{d.year:04d}", f"{d.year:04d}-{d.month:02d}"]))
@@ -231,7 +205,8 @@ def dates(draw) -> tuple[str, str]:
         return category, draw(st.sampled_from([
             "2023-02-30", "2023-02-29", "2021-02-29T10:00:00Z", "2023-04-31", "2023-13-01",
             "2023-00-10", "2023-01-00", "2023-00", "2023-13", "0000-01-01",
-            "2023-01-01T24:00:00Z", "2023-01-01T23:60:00Z", "2023-06-31T08:00:00+02:00",
+            "2023-01-01T24:00:00Z", "2023-01-01T23:60:00Z", "2023-01-01T10:00:00+23:59",
+            "2023-01-01T10:00:00+24:00", "9999-12-31T23:00:00-05:00", "2023-06-31T08:00:00+02:00",
         ]))
     garbage = draw(st.one_of(
         st.sampled_from(["yesterday", "2023/01/01", "01-02-2023", "2023-1-1", "20230101",
@@ -380,7 +355,7 @@ def _check_invariants(items, extraction, tables=None) -> None:
         rtype, rid = str(r.get("resourceType")), str(r.get("id") or "")
         assert (rtype, rid) in traced or item.origin in origins, f"{rtype}/{rid} untraced"
         # each problem is an issues row: an invalid resource is flagged as such
-        if rtype in PATHWAY_TYPES and rid and validation_problem(r) is not None:
+        if rtype in PATHWAY_TYPES and rid.strip() and validation_problem(r) is not None:
             assert (rtype, rid, "invalid-resource") in flagged, f"{rtype}/{rid} not flagged"
 
 
@@ -419,7 +394,7 @@ def test_strict_validation_sets_every_invalid_resource_aside(resources):
     for item in items:
         r = item.resource
         rtype, rid = str(r.get("resourceType")), str(r.get("id") or "")
-        if rtype in PATHWAY_TYPES and rid and validation_problem(r) is not None:
+        if rtype in PATHWAY_TYPES and rid.strip() and validation_problem(r) is not None:
             assert any(i.code == "invalid-resource" and i.severity == "error" and i.sets_aside
                        for i in _issues_of(extraction, rtype, rid))
             if rtype == "Patient":
@@ -456,7 +431,7 @@ def test_string_ids_of_any_shape(names, ids):
     items, extraction, _ = _run(resources)
     _check_invariants(items, extraction)
     for item in items:
-        if item.resource["id"] == "":
+        if not item.resource["id"].strip():
             assert any(i.code == "no-id" and i.origin == item.origin for i in extraction.issues)
 
 
@@ -590,65 +565,40 @@ def test_parse_when_places_instants_exactly(local, offset_minutes, zone):
     assert parse_when(local.date().isoformat(), ZoneInfo(zone)).day == local.date()
 
 
-# ------------------------------------------------------- known bugs: minimal repros
+# ----------------------------------------------- regressions: bugs these tests found
 def _procedure_at(when: str) -> list[dict[str, Any]]:
     return [copy.deepcopy(BASE["Patient"]),
             {**copy.deepcopy(BASE["Procedure"]), "performedDateTime": when}]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "src bug: pathway/time.py _offset() builds datetime.timezone from offsets >= 24:00 "
-    "(the regex allows any two digits), ValueError escapes normalise._when, which catches "
-    "only UnparseableTime: extract() crashes on performedDateTime "
-    "'2023-01-01T10:00:00+24:00'. Fix in time.py: raise UnparseableTime for offsets "
-    "beyond +-14:00 (or 23:59). When fixed this XPASSes: delete the xfail and the "
-    "_KNOWN_BUGS entry."))
-def test_known_bug_offset_of_24_hours_crashes_extract():
-    items = [RawResource(r, "x") for r in _procedure_at("2023-01-01T10:00:00+24:00")]
-    extract(items, MAPPINGS)
+def _issue_codes(extraction) -> set[str]:
+    return {i.code for i in extraction.issues}
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "src bug: pathway/time.py parse_when(): astimezone() overflows for instants at the "
-    "ends of the calendar ('9999-12-31T23:00:00-05:00', '0001-01-01T00:00:00+05:00'), "
-    "OverflowError escapes normalise._when and extract() crashes. Fix: catch "
-    "OverflowError there and raise UnparseableTime."))
-def test_known_bug_instant_at_the_end_of_the_calendar_crashes_extract():
-    items = [RawResource(r, "x") for r in _procedure_at("9999-12-31T23:00:00-05:00")]
-    extract(items, MAPPINGS)
+@pytest.mark.parametrize("when", ["2023-01-01T10:00:00+24:00", "2023-01-01T10:00:00+15:00",
+                                  "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"])
+def test_impossible_offsets_and_calendar_edges_are_unparseable_dates(when):
+    items = [RawResource(r, "x") for r in _procedure_at(when)]
+    extraction = extract(items, MAPPINGS)
+    assert "unparseable-date" in _issue_codes(extraction) and extraction.accounting.balanced
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "src bug: normalise.py Normaliser.condition(): set(row['verification_status_codes']) "
-    "raises TypeError (unhashable) when Condition.verificationStatus.coding[].code is an "
-    "object or a list instead of a string; extract() crashes. Fix: keep only str codes."))
-def test_known_bug_non_string_verification_code_crashes_extract():
+def test_non_string_verification_code_is_ignored_not_a_crash():
     condition = copy.deepcopy(BASE["Condition"])
     condition["verificationStatus"] = {"coding": [{"code": {"x": 1}}]}
     items = [RawResource(r, "x") for r in (copy.deepcopy(BASE["Patient"]), condition)]
-    extract(items, MAPPINGS)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug (accounting hole): pipeline._read_resource keys a row by str(resource['id']) "
-    "but the views' getResourceKey() gives None for an id that is not a string (number, "
-    "boolean, list, object), so the normalised record carries another id and the "
-    "resource ends up neither used nor set aside: accounting.unaccounted == "
-    "['Observation/67666'], balanced is False. Fix: set a non-string id aside like a "
-    "missing one ('no-id'/'invalid-id'), or key rows by the view's id."))
-def test_known_bug_non_string_id_is_unaccounted():
-    observation = {**copy.deepcopy(BASE["Observation"]), "id": 67666}
-    items = [RawResource(r, "x") for r in (copy.deepcopy(BASE["Patient"]), observation)]
     assert extract(items, MAPPINGS).accounting.balanced
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "src bug: validate.py validation_problem() catches ValidationError, TypeError and "
-    "ValueError, but fhir.resources (fhir_core) raises AttributeError for a primitive "
-    "extension slot holding JSON text ('_birthDate': '1', '_status': '[]', 'null', "
-    "'true'): it parses the string as JSON and calls .get() on the result. extract() "
-    "crashes with validation warn or strict. Fix: catch AttributeError (better: any "
-    "Exception) there and report 'fails FHIR validation: <ExceptionType>'."))
-def test_known_bug_primitive_extension_holding_json_text_crashes_validation():
+@pytest.mark.parametrize("rid", [67666, True, ["a"], {"x": 1}, "  "])
+def test_non_string_or_blank_id_is_set_aside(rid):
+    observation = {**copy.deepcopy(BASE["Observation"]), "id": rid}
+    items = [RawResource(r, "x") for r in (copy.deepcopy(BASE["Patient"]), observation)]
+    extraction = extract(items, MAPPINGS)
+    assert extraction.accounting.balanced and "no-id" in _issue_codes(extraction)
+
+
+def test_primitive_extension_holding_json_text_is_a_validation_issue():
     patient = {**copy.deepcopy(BASE["Patient"]), "_birthDate": "1"}
-    extract([RawResource(patient, "x")], MAPPINGS, validation="warn")
+    extraction = extract([RawResource(patient, "x")], MAPPINGS, validation="warn")
+    assert "invalid-resource" in _issue_codes(extraction)

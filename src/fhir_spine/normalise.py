@@ -276,7 +276,7 @@ class Normaliser:
         levels = self._levels(row, "body_site_codings", pid)
         onset = self._when(row.get("onset_datetime") or row.get("onset_period_start")
                            or row.get("recorded_date"), row, pid, "onset")
-        verification = set(row.get("verification_status_codes") or ())
+        verification = {v for v in row.get("verification_status_codes") or () if isinstance(v, str)}
         bad = verification & self.settings.condition_verification_excluded
         self.by_patient[pid].conditions.append(ConditionRecord(
             Source("Condition", str(row["id"])), finding.concept, levels, onset,

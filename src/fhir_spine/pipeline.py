@@ -104,7 +104,8 @@ def _read_resource(
 ) -> None:
     resource = item.resource
     rtype = str(resource.get("resourceType"))
-    rid = str(resource.get("id") or "")
+    raw_id = resource.get("id")
+    rid = raw_id if isinstance(raw_id, str) else ""
     read_by_type[rtype] += 1
 
     def set_aside(severity: str, code: str, message: str) -> None:
@@ -115,8 +116,10 @@ def _read_resource(
     if rtype not in views:
         set_aside("info", "unsupported-type", f"{rtype} is not used by the pathway")
         return
-    if not rid:
-        set_aside("error", "no-id", f"{rtype} at {item.origin} has no id")
+    if not rid.strip():
+        shown = "has no id" if raw_id in (None, "") else \
+            f"has a non-string id ({type(raw_id).__name__})"
+        set_aside("error", "no-id", f"{rtype} at {item.origin} {shown}")
         return
     if validation != "off":
         problem = validation_problem(resource)

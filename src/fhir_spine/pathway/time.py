@@ -15,10 +15,11 @@ from typing import Literal
 
 Precision = Literal["year", "month", "day", "time"]
 
-_FHIR_DATETIME = re.compile(
+_FHIR_DATETIME = re.compile(  # re.ASCII: only 0-9 are digits in FHIR dates
     r"^(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2})"
     r"(T(?P<hour>\d{2}):(?P<minute>\d{2})(:(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$",
+    re.ASCII,
 )
 
 
@@ -83,20 +84,27 @@ def parse_when(raw: str, tz: tzinfo) -> When:
     except ValueError:
         raise UnparseableTime(f"impossible time in {raw!r}") from None
     offset = m["tz"]
-    if offset is None:
-        placed = local.replace(tzinfo=tz)
-    else:
-        placed = local.replace(tzinfo=_offset(offset)).astimezone(tz)
-    return When(raw, "time", day=placed.date(), instant=placed)
+    try:
+        if offset is None:
+            placed = local.replace(tzinfo=tz)
+        else:
+            placed = local.replace(tzinfo=_offset(offset, raw)).astimezone(tz)
+        day = placed.date()
+    except OverflowError:  # year 1 or 9999 moved across the calendar's edge
+        raise UnparseableTime(f"{raw!r} is outside the calendar once placed in the site zone") \
+            from None
+    return When(raw, "time", day=day, instant=placed)
 
 
-def _offset(text: str) -> tzinfo:
+def _offset(text: str, raw: str) -> tzinfo:
     from datetime import timezone
 
     if text == "Z":
         return UTC
     sign = 1 if text[0] == "+" else -1
     hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 14 or minutes > 59:  # real offsets run from -12:00 to +14:00
+        raise UnparseableTime(f"time zone offset out of range in {raw!r}")
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
