@@ -29,3 +29,21 @@ def test_unknown_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", "--no-such-option"])
     assert exit_info.value.code == 2
+
+
+def test_extract_pseudonymise_end_to_end(tmp_path, monkeypatch):
+    key = "0123456789abcdef" * 4
+    monkeypatch.setenv("FHIR_SPINE_PSEUDONYM_KEY", key)
+    out = tmp_path / "out"
+    assert main(["extract", "--quiet", "--pseudonymise", "--date-shift-days", "20",
+                 "--out", str(out)]) == 0
+    for path in out.iterdir():
+        data = path.read_bytes()
+        assert b"p001" not in data and key.encode() not in data, path.name
+
+
+def test_extract_pseudonymise_without_key_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FHIR_SPINE_PSEUDONYM_KEY", raising=False)
+    assert main(["extract", "--pseudonymise", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    assert main(["extract", "--date-shift-days", "3", "--out", str(tmp_path / "o")]) == 2

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fhir_spine import __version__
+from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode
 from fhir_spine.progress import counter
@@ -38,7 +39,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="FHIR model validation: warn = issues row and keep the resource "
                    "(default); strict = set invalid resources aside; off = skip")
     add_server_options(p)
+    add_bulk_options(p)
+    add_privacy_options(p)
     p.set_defaults(func=run)
+
+
+def add_privacy_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pseudonymised output")
+    g.add_argument("--pseudonymise", action="store_true",
+                   help="replace patient, encounter and resource ids by keyed HMAC-SHA256 "
+                   "pseudonyms; the key comes from $FHIR_SPINE_PSEUDONYM_KEY or "
+                   "--pseudonym-key-file and is never stored")
+    g.add_argument("--pseudonym-key-file", type=Path, help="file holding the pseudonym key")
+    g.add_argument("--date-shift-days", type=int, default=0,
+                   help="with --pseudonymise: shift each patient's dates by a keyed offset "
+                   "in [-N, N] days (intervals unchanged)")
+
+
+def pseudonym_key(args: argparse.Namespace) -> bytes | None:
+    """The key, checked before any work is done (a missing key is exit status 2)."""
+    import os
+
+    from fhir_spine.errors import UsageError
+    from fhir_spine.pseudonymise import load_key
+
+    if not args.pseudonymise:
+        if args.pseudonym_key_file or args.date_shift_days:
+            raise UsageError("--pseudonym-key-file and --date-shift-days need --pseudonymise")
+        return None
+    return load_key(os.environ, args.pseudonym_key_file)
 
 
 def add_pathway_options(p: argparse.ArgumentParser) -> None:
@@ -61,14 +90,16 @@ def run(args: argparse.Namespace) -> int:
     from fhir_spine.tables import build_tables
 
     started = datetime.now(UTC)
-    source = None if args.server else check_folder(
+    key = pseudonym_key(args)
+    source = None if args.server or args.bulk else check_folder(
         args.source if args.source is not None else DEMO_COHORT)
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
     if source is None:  # info is filled while the items are read
+        from fhir_spine.sources.bulk import bulk_source
         from fhir_spine.sources.rest import server_source
 
-        items, info = server_source(args, mappings)
+        items, info = (bulk_source if args.bulk else server_source)(args, mappings)
     else:
         items, info = iter_folder(source), {
             "source": {"kind": "files", "location": str(source.absolute())},
@@ -94,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
         "validation": args.validation,
         "warnings": [] if acc.balanced else ["accounting does not balance: see log"],
     }
+    if key is not None:
+        from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
+
+        manifest = pseudonymise_manifest(manifest, tables, key, args.date_shift_days)
+        tables = pseudonymise_tables(tables, key, args.date_shift_days)
     publish(args.out, lambda folder: write_dataset(tables, manifest, folder,
                                                    csv=not args.no_csv))
     for line in summary_lines(tables.patients):
