@@ -137,8 +137,7 @@ def cohort():
 
 
 def _demo():
-    if not (DEMO_COHORT / "ground-truth.csv").exists():
-        pytest.skip("fixtures/demo not generated yet (the built cohort covers this test)")
+    assert (DEMO_COHORT / "ground-truth.csv").exists(), "fixtures/demo is missing"
     items = list(iter_folder(DEMO_COHORT))
     ids = set()
     for item in items:
