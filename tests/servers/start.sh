@@ -53,7 +53,16 @@ owner_gone() {
 }
 
 metadata_ok() {
-  curl -sf -o /dev/null --max-time 10 -H 'Accept: application/fhir+json' "$1/metadata"
+  if command -v curl >/dev/null; then
+    curl -sf -o /dev/null --max-time 10 -H 'Accept: application/fhir+json' "$1/metadata"
+  else
+    "$(python_bin)" -c 'import sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/metadata", headers={"Accept": "application/fhir+json"})
+try:
+    sys.exit(0 if urllib.request.urlopen(req, timeout=10).status == 200 else 1)
+except Exception:
+    sys.exit(1)' "$1"
+  fi
 }
 
 child=""
