@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     LOCK_HELD = 7            # another refresh holds the lock
     INCOMPLETE = 8           # pull could not be completed; nothing published
     INTERNAL = 70            # a bug: please report with --debug output
+    STATE = 9                # refresh state folder unusable (corrupt, other server): --full
 
 
 class SpineError(Exception):
