@@ -128,10 +128,7 @@ CASES = [
          exit_code=5, message="Patient"),
     Case("searchset Bundle whose only match is a Patient, for the 1st Observation search",
          [Rule("wrong_type", r"^/fhir/Observation\?", nth=1, resource="Bundle:Patient")],
-         FAIL, exit_code=5,
-         bug="src bug (rest.py Searcher._entries): a match of another type than the one "
-         "searched for becomes an `issues` row, the search counts as complete, and the run "
-         "publishes a dataset without that search's results (exit 1)"),
+         FAIL, exit_code=5, message="searched Observation"),
     Case("stops answering for 10 s: accepts, never responds (from 1st Observation search)",
          [Rule("hang", r"^/fhir/Observation\?", nth=1, seconds=10)], COMPLETE),
     Case("refuses connections for 5 s (from 1st MedicationAdministration search)",

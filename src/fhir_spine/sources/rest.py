@@ -249,11 +249,11 @@ class Searcher:
                 record.matches += 1
                 ids.append(f"{rtype}/{rid}")
                 if rtype != resource_type:
-                    record.problems += 1
-                    items.append(ReadProblem(where, "unexpected-type",
-                                             f"{where}: searched {resource_type}, the server "
-                                             f"returned {rtype}", rtype, rid))
-                    continue
+                    # A match of another type does not answer the query: the real results
+                    # are missing, so stop rather than publish a dataset without them.
+                    raise ServerError(f"GET {shown}: searched {resource_type}, the server "
+                                      f"returned a {rtype} as a match; its answer cannot "
+                                      "be trusted")
             items.append(RawResource(resource, where))
         return items, ids
 
