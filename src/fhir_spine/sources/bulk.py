@@ -58,7 +58,13 @@ import requests
 from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
 from fhir_spine.redact import redact_url, scrub
 from fhir_spine.settings import Mappings
-from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem, iter_folder
+from fhir_spine.sources.files import (
+    RawResource,
+    ReadProblem,
+    SourceItem,
+    iter_folder,
+    iter_ndjson_file,
+)
 from fhir_spine.sources.http import (
     FHIR_JSON,
     RETRY_STATUSES,
@@ -758,7 +764,7 @@ def read_error_file(path: Path, name: str) -> tuple[list[ReadProblem], list[str]
     """An `error` file: error/fatal issues -> ReadProblems; warnings -> messages."""
     problems: list[ReadProblem] = []
     messages: list[str] = []
-    for item in iter_folder_file(path, name):
+    for item in iter_ndjson_file(path, name):
         if isinstance(item, ReadProblem):
             problems.append(item)
             continue
@@ -784,7 +790,7 @@ def read_error_file(path: Path, name: str) -> tuple[list[ReadProblem], list[str]
 def read_deleted_file(path: Path, name: str) -> list[tuple[str, str]]:
     """A `deleted` file (Bulk v2 with `_since`): Bundles of `DELETE Type/id` entries."""
     keys: list[tuple[str, str]] = []
-    for item in iter_folder_file(path, name, unpack=False):
+    for item in iter_ndjson_file(path, name, unpack=False):
         if not isinstance(item, RawResource):
             log.warning("deleted file: %s", item.message)
             continue
@@ -797,36 +803,6 @@ def read_deleted_file(path: Path, name: str) -> list[tuple[str, str]]:
             if len(parts) >= 2 and parts[-2] and parts[-1]:
                 keys.append((parts[-2], parts[-1]))
     return keys
-
-
-def iter_folder_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[SourceItem]:
-    """The lines of one NDJSON file as source items (origin `name:line`). Bundles are
-    kept whole with `unpack=False` (a `deleted` file is a Bundle per line)."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                origin = f"{name}:{number}"
-                try:
-                    value = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    yield ReadProblem(origin, "malformed-json", f"{origin}: not valid JSON "
-                                      f"({exc})")
-                    continue
-                if not isinstance(value, dict) or "resourceType" not in value:
-                    yield ReadProblem(origin, "not-a-resource", f"{origin}: not a FHIR "
-                                      "resource")
-                    continue
-                if unpack and value.get("resourceType") == "Bundle":
-                    for entry in value.get("entry") or []:
-                        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                            yield RawResource(entry["resource"], origin)
-                    continue
-                yield RawResource(value, origin)
-    except (OSError, EOFError) as exc:
-        yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
 
 
 # ------------------------------------------------------------------ command line

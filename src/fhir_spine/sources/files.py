@@ -72,11 +72,11 @@ def iter_folder(folder: Path) -> Iterator[SourceItem]:
         log.warning("no .ndjson or .json files found under %s", folder)
     for path in files:
         name = str(path.relative_to(folder))
+        if path.name.lower().endswith(NDJSON_SUFFIXES):
+            yield from iter_ndjson_file(path, name)
+            continue
         try:
-            if path.name.lower().endswith(NDJSON_SUFFIXES):
-                yield from _iter_ndjson(path, name)
-            else:
-                yield from _iter_json(path, name)
+            yield from _iter_json(path, name)
         except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
             yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
 
@@ -87,18 +87,32 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _iter_ndjson(path: Path, name: str) -> Iterator[SourceItem]:
-    with _open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            origin = f"{name}:{number}"
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield ReadProblem(origin, "malformed-json", f"{origin}: not valid JSON ({exc})")
-                continue
-            yield from _resources_of(value, origin)
+def iter_ndjson_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[SourceItem]:
+    """The lines of one NDJSON file (gzip or not) as source items, origin `name:line`.
+
+    A Bundle on a line is unpacked into its entries, unless `unpack=False` (a Bulk Data
+    `deleted` file is a Bundle per line and is read whole). An unreadable or truncated
+    file ends in one `unreadable-file` problem after the lines read so far.
+    """
+    try:
+        with _open(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                origin = f"{name}:{number}"
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    yield ReadProblem(origin, "malformed-json",
+                                      f"{origin}: not valid JSON ({exc})")
+                    continue
+                if not unpack and isinstance(value, dict) \
+                        and value.get("resourceType") == "Bundle":
+                    yield RawResource(value, origin)
+                    continue
+                yield from _resources_of(value, origin)
+    except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
+        yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
 
 
 def _iter_json(path: Path, name: str) -> Iterator[SourceItem]:
