@@ -206,7 +206,8 @@ def test_smart_discovers_endpoint_and_signs_an_rs384_assertion(rsa_key):
                         audience=TOKEN_URL)
     assert claims["iss"] == claims["sub"] == "spine-etl"
     assert claims["jti"]
-    assert claims["exp"] - before <= 300
+    # exp = the second of signing + 300 s; that second lies between `before` and now
+    assert before + 300 <= claims["exp"] <= int(time.time()) + 300
     assert responses.calls[2].request.headers["Authorization"] == "Bearer access-AAA"
     # the token request itself carries no FHIR credentials
     assert "Authorization" not in responses.calls[1].request.headers
