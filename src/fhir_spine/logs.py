@@ -23,20 +23,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of the record, not at set-up: a
+    program embedding the CLI (or a test capturing output) may swap it in between."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 def configure_logging(*, debug: bool = False, fmt: str = "text", quiet: bool = False) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger()
     root.handlers.clear()
     handler: logging.Handler
     if fmt == "json":
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
     elif sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(show_path=False, rich_tracebacks=debug)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
