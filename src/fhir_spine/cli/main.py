@@ -56,11 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpineError as exc:
         if args.debug:
             log.exception("failed")
-        if args.log_format == "json":  # schedulers parse every stderr line as JSON
-            log.error("fhir-spine: error: %s", exc,
-                      extra={"fields": {"exit_code": int(exc.exit_code)}})
-        else:
-            print(f"fhir-spine: error: {exc}", file=sys.stderr)
+        # One plain line in every log format: the one thing a person or a scheduler's
+        # alert must read (JSON log lines carry the details before it).
+        print(f"fhir-spine: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("fhir-spine: interrupted", file=sys.stderr)
