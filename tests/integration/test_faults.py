@@ -13,9 +13,7 @@ and the run must either
 
 Anything else (a published dataset that differs, a traceback, a half-written folder) fails
 the test: never a silent partial dataset. Every case also checks that its fault really
-fired. A case that a known src bug breaks is a strict xfail naming the bug: it still
-asserts the correct behaviour, and turns into a failure once the bug is fixed (then drop
-the `bug=`).
+fired.
 The measured matrix (fault -> outcome -> retries) is written to tests/.cache/fault-matrix.md
 and printed at the end of the module.
 
@@ -82,7 +80,6 @@ class Case:
     prior: bool = True               # an earlier dataset sits in --out
     args: list[str] = field(default_factory=list)
     message: str = ""                # expected in the error line
-    bug: str = ""                    # a known src bug makes this case fail (strict xfail)
 
 
 COMPLETE, FAIL = frozenset({"complete"}), frozenset({"fail"})
@@ -325,8 +322,7 @@ def differences(out: Path, reference: Path) -> list[str]:
 # ------------------------------------------------------------------ the test
 
 def _param(case: Case) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else []
-    return pytest.param(case, id=case.name.split(" (")[0][:48], marks=marks)
+    return pytest.param(case, id=case.name.split(" (")[0][:48])
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])

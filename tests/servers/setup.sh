@@ -81,15 +81,8 @@ setup_hapi() {
   fi
 }
 
-python_bin() {
-  if [[ -n "${FHIR_SPINE_PYTHON:-}" ]]; then
-    echo "$FHIR_SPINE_PYTHON"
-  elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-    echo "$ROOT/.venv/bin/python"
-  else
-    command -v python3
-  fi
-}
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 setup_sekmet() {
   local py

@@ -32,15 +32,8 @@ case "$kind" in
   *) echo "usage: $0 hapi|sekmet" >&2; exit 64 ;;
 esac
 
-python_bin() {
-  if [[ -n "${FHIR_SPINE_PYTHON:-}" ]]; then
-    echo "$FHIR_SPINE_PYTHON"
-  elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-    echo "$ROOT/.venv/bin/python"
-  else
-    command -v python3
-  fi
-}
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 free_port() {
   "$(python_bin)" -c 'import socket
