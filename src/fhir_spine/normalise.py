@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from fhir_spine import values
 from fhir_spine.concepts import Coding, ConceptMap, parse_codings
 from fhir_spine.issues import Issue
 from fhir_spine.pathway.model import (
@@ -303,6 +304,16 @@ class Normaliser:
             status=str(row.get("status") or "")))
 
     def observation(self, row: Row) -> None:
+        """One Observation -> zero or more measurements (issue 11, item 3).
+
+        The Observation's own code and value give one measure; each `component` whose
+        code maps gives another (pain inside a panel, SOSGOQ2.0 domains, SINS components,
+        ECOG). Per resource, one value per measure: the Observation's own value first,
+        then components in order. Values are read by `values.read_number`. A
+        `dataAbsentReason` is an `info` row naming it; a value in a form that gives no
+        number is a `warning` row naming the form. The resource is set aside only when
+        no measure gave a usable value.
+        """
         pid = self._patient_of(row)
         if pid is None:
             return
@@ -310,17 +321,38 @@ class Normaliser:
         measure = self.concepts.first("observation", codings)
         self.codes.add("Observation", "Observation.code", codings, pid,
                        "observation")
-        if measure is None:
+        candidates: list[tuple[str, str, values.FoundValue]] = []
+        if measure is not None:
+            candidates.append((measure.concept, "", values.from_row(row)))
+        for n, component in enumerate(row.get("components") or ()):
+            if not isinstance(component, dict):
+                continue
+            code = component.get("code")
+            comp_codings = values.codings_of(code.get("coding") if isinstance(code, dict)
+                                             else None)
+            self.codes.add("Observation", "Observation.component.code", comp_codings, pid,
+                           "observation")
+            hit = self.concepts.first("observation", comp_codings)
+            if hit is not None:
+                candidates.append((hit.concept, f"component[{n}] ", values.from_element(component)))
+        if not candidates:
             self._issue("info", "unmapped-code", f"Observation code not mapped: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
             return
+        shown = candidates[0][0]
         status = str(row.get("status") or "")
         if status not in self.settings.observation_statuses:
-            self._issue("info", "status-not-counted", f"{measure.concept} observation has "
+            self._issue("info", "status-not-counted", f"{shown} observation has "
                         f"status {status or '(none)'}", row, pid, sets_aside=True)
             return
-        value = self._observation_value(row, measure.concept, pid)
-        if value is None:
+        first_issue = len(self.issues)
+        found = self._observation_values(row, pid, candidates)
+        if not found:
+            if len(self.issues) == first_issue:
+                self._issue("warning", "no-value", f"{shown} observation has no usable value",
+                            row, pid)
+            for i in range(first_issue, len(self.issues)):
+                self.issues[i] = _set_aside(self.issues[i])
             return
         effective = self._when(row.get("effective_datetime") or row.get("effective_period_start")
                                or row.get("effective_instant") or row.get("issued"),
@@ -328,42 +360,53 @@ class Normaliser:
         if effective is None or not effective.is_day_precise:
             if effective is None and not _any(row, "effective_datetime", "effective_period_start",
                                               "effective_instant", "issued"):
-                self._issue("warning", "no-date", f"{measure.concept} observation has no "
+                self._issue("warning", "no-date", f"{shown} observation has no "
                             "effective time", row, pid)
             self.issues[-1] = _set_aside(self.issues[-1])
             return
-        m = Measurement(measure.concept, value, effective, Source("Observation", str(row["id"])))
-        self.by_patient[pid].measurements.append(m)
-        self.measurement_rows.append((pid, m))
+        for concept, value in found.items():
+            m = Measurement(concept, value, effective, Source("Observation", str(row["id"])))
+            self.by_patient[pid].measurements.append(m)
+            self.measurement_rows.append((pid, m))
 
-    def _observation_value(self, row: Row, measure: str, pid: str) -> float | None:
-        from fhir_spine.pathway.measures import in_range
+    def _observation_values(self, row: Row, pid: str,
+                            candidates: list[tuple[str, str, values.FoundValue]],
+                            ) -> dict[str, float]:
+        """measure -> value for one resource; every value not used is an issue row."""
+        from fhir_spine.pathway.measures import RANGES, in_range
 
-        value: float | None = None
-        for column in ("value_quantity", "value_integer"):
-            raw = row.get(column)
-            if raw not in (None, ""):
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    value = None
-                break
-        if value is None:
-            coded = parse_codings(row.get("value_codings"))
-            hit = self.concepts.first("value", coded)
-            self.codes.add("Observation", "Observation.value", coded, pid,
-                           "value")
-            if hit is not None and hit.value is not None:
-                value = hit.value
-        if value is None:
-            self._issue("warning", "no-value", f"{measure} observation has no usable value",
-                        row, pid, sets_aside=True)
-            return None
-        if not in_range(measure, value):
-            self._issue("error", "value-out-of-range", f"{measure} value {value:g} is out of "
-                        "range", row, pid, sets_aside=True)
-            return None
-        return value
+        found: dict[str, float] = {}
+        components = any(where for _, where, _ in candidates)
+        for concept, where, forms in candidates:
+            read = values.read_number(forms, self.concepts, RANGES.get(concept, (0, None))[1])
+            if not where:
+                self.codes.add("Observation", "Observation.value", forms.codings, pid, "value")
+            else:
+                self.codes.add("Observation", "Observation.component.value", forms.codings, pid,
+                               "value")
+            what = f"{concept} observation {where}".rstrip()
+            if read.number is None:
+                if read.absent_reason:
+                    self._issue("info", "data-absent", f"{what}: dataAbsentReason "
+                                f"{read.absent_reason}; no value", row, pid)
+                elif read.problem:
+                    self._issue("warning", "unreadable-value", f"{what}: value not read: "
+                                f"{read.problem}", row, pid)
+                elif not (components and not where):
+                    self._issue("warning", "no-value", f"{what} has no value", row, pid)
+                continue
+            if not in_range(concept, read.number):
+                self._issue("error", "value-out-of-range", f"{concept} value {read.number:g} is "
+                            f"out of range ({what}, {read.form})", row, pid)
+                continue
+            if concept in found:
+                if found[concept] != read.number:
+                    self._issue("info", "duplicate-measure", f"{what}: {concept} "
+                                f"{read.number:g} ignored; this resource already gave "
+                                f"{found[concept]:g}", row, pid)
+                continue
+            found[concept] = read.number
+        return found
 
 
 def _any(row: Row, *columns: str) -> bool:
