@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir_spine import values
 from fhir_spine.concepts import Coding, ConceptMap, parse_codings
+from fhir_spine.histology_text import read_conclusion
 from fhir_spine.issues import Issue
 from fhir_spine.pathway.model import (
     ClinicalEvent,
@@ -252,15 +253,35 @@ class Normaliser:
         finding = self.concepts.first("finding", conclusion)
         self.codes.add("DiagnosticReport", "DiagnosticReport.conclusionCode", conclusion, pid,
                        "finding")
+        concept, basis = (finding.concept, "coded") if finding else (None, None)
+        text = row.get("conclusion")
+        has_text = isinstance(text, str) and bool(text.strip())
+        if concept is None and has_text:
+            reading = read_conclusion(str(text), self.settings.text_rules)
+            if reading.concept is not None:
+                concept, basis = reading.concept, "narrative"
+                self._issue("info", "narrative-conclusion", "histology read from the narrative "
+                            f"conclusion by the text rule: {reading.concept} ({reading.term!r})",
+                            row, pid)
+            else:
+                self._issue("warning", "narrative-conclusion-unread",
+                            "pathology report conclusion is narrative only and no text rule "
+                            f"read it ({reading.why_not}; {len(str(text))} characters); "
+                            "code it, or extend narrative_histology in settings.yaml",
+                            row, pid)
+        elif concept is None:
+            self._issue("warning", "conclusion-not-read", "pathology report has no "
+                        + ("mapped conclusionCode (" + _show(conclusion) + ")" if conclusion
+                           else "conclusionCode and no conclusion text"), row, pid)
         issued = self._when(row.get("issued") or row.get("effective_datetime")
                             or row.get("effective_period_start"), row, pid, "issued")
         status = str(row.get("status") or "")
         ok = status in self.settings.report_statuses
         self.by_patient[pid].reports.append(PathologyReport(
             Source("DiagnosticReport", str(row["id"])), issued,
-            finding.concept if finding else None, status, ok,
+            concept, status, ok,
             "" if ok else f"status {status or '(none)'}",
-            finding.coding if finding else None))
+            finding.coding if finding else None, basis, has_text))
 
     def condition(self, row: Row) -> None:
         pid = self._patient_of(row)

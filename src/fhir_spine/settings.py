@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from fhir_spine import histology_text
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
 
@@ -58,6 +59,21 @@ class PathwaySettings:
     medication_administration_statuses: frozenset[str] = frozenset({"completed", "in-progress"})
     condition_verification_excluded: frozenset[str] = frozenset({"entered-in-error", "refuted"})
     readmission_encounter_classes: frozenset[str] = frozenset({"IMP", "EMER", "ACUTE"})
+    # Narrative pathology conclusions (fhir_spine.histology_text; issue 11, item 5).
+    narrative_histology: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(histology_text.DEFAULT_FINDINGS))
+    narrative_negations: tuple[str, ...] = histology_text.DEFAULT_NEGATIONS
+    narrative_post_negations: tuple[str, ...] = histology_text.DEFAULT_POST_NEGATIONS
+    narrative_uncertain: tuple[str, ...] = histology_text.DEFAULT_UNCERTAIN
+    narrative_clause_breaks: tuple[str, ...] = histology_text.DEFAULT_CLAUSE_BREAKS
+
+    @property
+    def text_rules(self) -> histology_text.TextRules:
+        """The narrative conclusion rule these settings define."""
+        return histology_text.TextRules.from_settings(
+            self.narrative_histology, self.narrative_negations,
+            self.narrative_post_negations, self.narrative_uncertain,
+            self.narrative_clause_breaks)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -69,6 +69,7 @@ def patient_row(r: PatientResult) -> dict[str, Any]:
         "age_at_biopsy": r.age_at_biopsy, "sex": r.sex,
         "index_biopsy_date": r.index_biopsy_date, "stabilization_date": r.stabilization_date,
         "diagnosis_available_date": r.diagnosis_available_date,
+        "histology_basis": r.histology_basis,
         "therapy_start_date": r.therapy_start_date,
         "therapy_modalities": ";".join(r.therapy_modalities) or None,
         "days_biopsy_to_therapy": r.days_biopsy_to_therapy,

@@ -113,7 +113,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         result.age_at_biopsy = age_in_years(inp.patient.birth_date, index.start.day)
 
     stab = find_stabilization(index, inp.events, gap)
-    diagnosis = find_diagnosis(index, inp.reports)
+    diagnosis = find_diagnosis(index, inp.reports, inp.conditions)
     therapy = find_definitive_therapy(index, inp.events, settings.therapy_modality_window_days)
     _fill_timeline(result, stab, diagnosis, therapy)
 
@@ -158,6 +158,7 @@ def _fill_timeline(
         result.stabilization_date = stab.event.start.day
     if diagnosis.report is not None and diagnosis.report.issued is not None:
         result.diagnosis_available_date = diagnosis.report.issued.day
+        result.histology_basis = diagnosis.basis
     if therapy.first is not None:
         assert therapy.first.start is not None and therapy.first.start.day is not None
         result.therapy_start_date = therapy.first.start.day

@@ -53,6 +53,8 @@ class PathologyReport:
     countable: bool = True
     status_note: str = ""
     coding: Coding | None = None
+    basis: str | None = None      # how `finding` was read: "coded", "narrative" or None
+    conclusion_text: bool = False  # a narrative conclusion is present
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class PatientResult:
     index_biopsy_date: date | None = None
     stabilization_date: date | None = None
     diagnosis_available_date: date | None = None
+    histology_basis: str | None = None   # coded, narrative, condition
     therapy_start_date: date | None = None
     therapy_modalities: list[str] = field(default_factory=list)
     days_biopsy_to_therapy: int | None = None

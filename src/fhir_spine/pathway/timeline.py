@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fhir_spine.pathway.model import ClinicalEvent, PathologyReport
+from fhir_spine.pathway.model import ClinicalEvent, ConditionRecord, PathologyReport
 from fhir_spine.pathway.time import When, hours_apart
 
 BIOPSY = "vertebral-biopsy"
@@ -117,25 +117,50 @@ def find_stabilization(
 class DiagnosisFinding:
     report: PathologyReport | None
     histology: str | None = None  # "neoplastic", "non-neoplastic" or None (unconfirmed)
+    basis: str | None = None      # "coded", "narrative" or "condition"
 
 
 def report_usable(report: PathologyReport) -> bool:
     return report.countable and report.issued is not None and report.issued.is_day_precise
 
 
-def find_diagnosis(index: ClinicalEvent, reports: Sequence[PathologyReport]) -> DiagnosisFinding:
-    """The first conclusive pathology report issued on or after the index biopsy day."""
+def find_diagnosis(index: ClinicalEvent, reports: Sequence[PathologyReport],
+                   conditions: Sequence[ConditionRecord] = ()) -> DiagnosisFinding:
+    """The first conclusive pathology report issued on or after the index biopsy day.
+
+    Its histology is read from `conclusionCode` (basis `coded`) or, failing that, from
+    the narrative conclusion by the site's text rule (`narrative`; histology_text.py).
+    When no report's conclusion could be read at all, an unread report still dates the
+    diagnosis if a neoplasm Condition supports it (basis `condition`): a countable
+    neoplastic Condition at an index level, or first recorded on/after the biopsy day
+    (issue 11, item 5; README "Decisions recorded here").
+    """
     assert index.start is not None and index.start.day is not None
-    conclusive = [
-        r for r in reports
-        if report_usable(r) and r.issued.day >= index.start.day  # type: ignore[union-attr,operator]
-        and (r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC)
-    ]
+    after_index = [r for r in reports
+                   if report_usable(r) and r.issued.day >= index.start.day]  # type: ignore[union-attr,operator]
+    conclusive = [r for r in after_index
+                  if r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC]
     if not conclusive:
+        unread = [r for r in after_index if r.finding is None]
+        if unread and _supporting_condition(index, conditions):
+            first = min(unread, key=lambda r: r.issued.sort_key())  # type: ignore[union-attr]
+            return DiagnosisFinding(first, "neoplastic", "condition")
         return DiagnosisFinding(None)
     first = min(conclusive, key=lambda r: r.issued.sort_key())  # type: ignore[union-attr]
     histology = "non-neoplastic" if first.finding == NON_NEOPLASTIC else "neoplastic"
-    return DiagnosisFinding(first, histology)
+    return DiagnosisFinding(first, histology, first.basis or "coded")
+
+
+def _supporting_condition(index: ClinicalEvent, conditions: Sequence[ConditionRecord]) -> bool:
+    assert index.start is not None and index.start.day is not None
+    for c in conditions:
+        if not c.countable or c.finding not in NEOPLASTIC_FINDINGS:
+            continue
+        if set(index.levels) & set(c.levels):
+            return True
+        if c.onset is not None and c.onset.day is not None and c.onset.day >= index.start.day:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
