@@ -127,6 +127,7 @@ COLUMNS: dict[str, list[str]] = {
         "encounter_ref",
     ],
     "Medication": ["id", "codings"],
+    "QuestionnaireResponse": [*COMMON, "questionnaire", "authored", "encounter_ref", "items"],
 }
 COLLECTIONS = {
     "codings",
@@ -140,6 +141,7 @@ COLLECTIONS = {
     "data_absent_reason_codings",
     "value_coding_extensions",
     "components",
+    "items",
     "conclusion_codings",
     "based_on_refs",
     "result_refs",
@@ -463,6 +465,28 @@ CASES: list[tuple[dict[str, Any], dict[str, Any]]] = [
             recorded_date="2023-12-05",
             abatement_datetime="2024-06-01",
             encounter_ref="enc1",
+        ),
+    ),
+    (
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": "qr1",
+            "meta": META,
+            "status": "completed",
+            "subject": SUBJECT,
+            "questionnaire": "http://fhir-spine.org/fhir/Questionnaire/pain|1",
+            "authored": "2024-01-09T10:00:00Z",
+            "encounter": {"reference": "Encounter/enc1"},
+            "item": [{"linkId": "pain-intensity", "answer": [{"valueInteger": 4}]}],
+        },
+        _common(
+            "QuestionnaireResponse",
+            "qr1",
+            status="completed",
+            questionnaire="http://fhir-spine.org/fhir/Questionnaire/pain|1",
+            authored="2024-01-09T10:00:00Z",
+            encounter_ref="enc1",
+            items=[{"linkId": "pain-intensity", "answer": [{"valueInteger": 4}]}],
         ),
     ),
     (

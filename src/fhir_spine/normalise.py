@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from fhir_spine import values
+from fhir_spine import questionnaires, values
 from fhir_spine.concepts import Coding, ConceptMap, parse_codings
 from fhir_spine.histology_text import read_conclusion
 from fhir_spine.issues import Issue
@@ -28,6 +28,7 @@ from fhir_spine.pathway.model import (
     Source,
 )
 from fhir_spine.pathway.time import UnparseableTime, When, parse_when
+from fhir_spine.questionnaires import QuestionnaireMap
 from fhir_spine.settings import PathwaySettings
 
 Row = dict[str, Any]
@@ -86,6 +87,7 @@ class Normaliser:
     issues: list[Issue] = field(default_factory=list)
     codes: CodeTally = field(init=False)
     measurement_rows: list[tuple[str, Measurement]] = field(default_factory=list)
+    questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
 
     def __post_init__(self) -> None:
         self.codes = CodeTally(self.concepts)
@@ -390,9 +392,62 @@ class Normaliser:
             self.by_patient[pid].measurements.append(m)
             self.measurement_rows.append((pid, m))
 
+    def questionnaire_response(self, row: Row) -> None:
+        """One QuestionnaireResponse -> a measurement per mapped answered item (issue 11,
+        item 8): `mappings/questionnaires.yaml` maps questionnaire canonical + linkId to a
+        measure; the answer is read like an Observation value; `authored` is the effective
+        time. A response none of whose items the map covers is counted (an `info` row,
+        set aside), not an error."""
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        canonical = str(row.get("questionnaire") or "")
+        by_link = self.questionnaires.measures_for(canonical)
+        candidates: list[tuple[str, str, values.FoundValue]] = []
+        seen = 0
+        for link_id, answers in questionnaires.answered_items(row.get("items")):
+            seen += 1
+            measure = by_link.get(link_id)
+            if measure is None:
+                continue
+            answer = answers[0] if answers else {}
+            candidates.append((measure, f"item {link_id!r} ", values.from_element(answer)))
+        if not candidates:
+            self._issue("info", "questionnaire-not-mapped",
+                        f"QuestionnaireResponse of {canonical or '(no questionnaire)'}: none of "
+                        f"its {seen} items is in questionnaires.yaml", row, pid,
+                        sets_aside=True)
+            return
+        status = str(row.get("status") or "")
+        if status not in self.settings.questionnaire_response_statuses:
+            self._issue("info", "status-not-counted", f"QuestionnaireResponse has status "
+                        f"{status or '(none)'}", row, pid, sets_aside=True)
+            return
+        first_issue = len(self.issues)
+        found = self._observation_values(row, pid, candidates, "QuestionnaireResponse")
+        if not found:
+            for i in range(first_issue, len(self.issues)):
+                self.issues[i] = _set_aside(self.issues[i])
+            if len(self.issues) == first_issue:
+                self._issue("warning", "no-value", "QuestionnaireResponse: no mapped item has "
+                            "an answer", row, pid, sets_aside=True)
+            return
+        authored = self._when(row.get("authored"), row, pid, "authored")
+        if authored is None or not authored.is_day_precise:
+            if authored is None and not row.get("authored"):
+                self._issue("warning", "no-date", "QuestionnaireResponse has no authored time",
+                            row, pid)
+            self.issues[-1] = _set_aside(self.issues[-1])
+            return
+        for concept, value in found.items():
+            m = Measurement(concept, value, authored,
+                            Source("QuestionnaireResponse", str(row["id"])))
+            self.by_patient[pid].measurements.append(m)
+            self.measurement_rows.append((pid, m))
+
     def _observation_values(self, row: Row, pid: str,
                             candidates: list[tuple[str, str, values.FoundValue]],
-                            ) -> dict[str, float]:
+                            rtype: str = "Observation") -> dict[str, float]:
         """measure -> value for one resource; every value not used is an issue row."""
         from fhir_spine.pathway.measures import RANGES, in_range
 
@@ -400,12 +455,11 @@ class Normaliser:
         components = any(where for _, where, _ in candidates)
         for concept, where, forms in candidates:
             read = values.read_number(forms, self.concepts, RANGES.get(concept, (0, None))[1])
-            if not where:
-                self.codes.add("Observation", "Observation.value", forms.codings, pid, "value")
-            else:
-                self.codes.add("Observation", "Observation.component.value", forms.codings, pid,
-                               "value")
-            what = f"{concept} observation {where}".rstrip()
+            element = ("QuestionnaireResponse.item.answer" if rtype != "Observation"
+                       else "Observation.component.value" if where else "Observation.value")
+            self.codes.add(rtype, element, forms.codings, pid, "value")
+            what = (f"{concept} observation {where}" if rtype == "Observation"
+                    else f"{concept} answer {where}").rstrip()
             if read.number is None:
                 if read.absent_reason:
                     self._issue("info", "data-absent", f"{what}: dataAbsentReason "

@@ -61,7 +61,8 @@ def extract(
     progress: Callable[[int], None] | None = None,
 ) -> Extraction:
     views = {rtype: compile_view(view) for rtype, view in mappings.views.items()}
-    norm = Normaliser(mappings.concepts, mappings.settings)
+    norm = Normaliser(mappings.concepts, mappings.settings,
+                      questionnaires=mappings.questionnaires)
     rows: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in views}
     read_by_type: Counter[str] = Counter()
     accounting = Accounting()
@@ -165,6 +166,7 @@ def _handler(norm: Normaliser, rtype: str) -> Callable[[dict[str, Any]], None]:
         "Condition": norm.condition,
         "Encounter": norm.encounter,
         "Observation": norm.observation,
+        "QuestionnaireResponse": norm.questionnaire_response,
     }
     return handlers.get(rtype, lambda row: None)
 

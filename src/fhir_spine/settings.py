@@ -21,6 +21,7 @@ import yaml
 from fhir_spine import histology_text
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
+from fhir_spine.questionnaires import QuestionnaireMap, build_questionnaire_map
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MAPPINGS = REPO_ROOT / "mappings"
@@ -59,6 +60,7 @@ class PathwaySettings:
     medication_administration_statuses: frozenset[str] = frozenset({"completed", "in-progress"})
     condition_verification_excluded: frozenset[str] = frozenset({"entered-in-error", "refuted"})
     readmission_encounter_classes: frozenset[str] = frozenset({"IMP", "EMER", "ACUTE"})
+    questionnaire_response_statuses: frozenset[str] = frozenset({"completed", "amended"})
     # Narrative pathology conclusions (fhir_spine.histology_text; issue 11, item 5).
     narrative_histology: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(histology_text.DEFAULT_FINDINGS))
@@ -126,6 +128,7 @@ class Mappings:
     concepts: ConceptMap
     views: dict[str, dict[str, Any]]
     files: list[MappingFile]
+    questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
 
 
 def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
@@ -166,6 +169,7 @@ def load_mappings(
         else:
             concept_docs = [site_doc]
     concepts = build_concept_map(concept_docs)
+    questionnaires = _questionnaire_map(site_dir, files, concepts)
 
     views: dict[str, dict[str, Any]] = {}
     for folder in (DEFAULT_MAPPINGS / "views", site_dir / "views" if site_dir else None):
@@ -183,4 +187,21 @@ def load_mappings(
                 raise ConfigError(f"{path}: a ViewDefinition needs a `resource`")
             views[resource] = view
             files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
-    return Mappings(settings, concepts, views, files)
+    return Mappings(settings, concepts, views, files, questionnaires)
+
+
+def _questionnaire_map(site_dir: Path | None, files: list[MappingFile],
+                       concepts: ConceptMap) -> QuestionnaireMap:
+    """questionnaires.yaml: the default, a site's merged over it (`extends: default`) or
+    replacing it, as for concepts.yaml."""
+    docs = []
+    if (DEFAULT_MAPPINGS / "questionnaires.yaml").is_file():
+        docs.append(_read_yaml(DEFAULT_MAPPINGS / "questionnaires.yaml", files))
+    if site_dir is not None and (site_dir / "questionnaires.yaml").is_file():
+        site_doc = _read_yaml(site_dir / "questionnaires.yaml", files)
+        docs = [site_doc, *docs] if site_doc.get("extends") == "default" else [site_doc]
+    from fhir_spine.pathway.measures import RANGES
+
+    measures = set(RANGES) | {name for name, element in concepts.element_of.items()
+                              if element == "observation"}
+    return build_questionnaire_map(docs, measures)

@@ -31,6 +31,8 @@ COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
 # Fetched by `_id` in the REST pull (sources.rest.BY_ID_TYPES; repeated here so that
 # registering this command does not load the HTTP stack).
 BY_ID_TYPES = ("Patient", "Medication")
+# Pulled only when offered (sources.rest.OPTIONAL_TYPES, repeated for the same reason).
+OPTIONAL_TYPES = ("QuestionnaireResponse",)
 
 
 @dataclass
@@ -115,7 +117,11 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     for c in checks:
         params = ", ".join(f"{k} {v}" for k, v in c.params.items())
         search = "yes" if c.searchable else ("NO" if c.declared else "ABSENT")
-        out(f"{c.resource_type:<26} {search:<7} {params}")
+        optional = c.resource_type in OPTIONAL_TYPES
+        out(f"{c.resource_type:<26} {search:<7} {params}"
+            + ("  (optional: pulled only when offered)" if optional and not c.ok else ""))
+        if optional:
+            continue
         if not c.declared:
             problems.append(f"{c.resource_type} (not in the CapabilityStatement)")
         elif not c.searchable:

@@ -38,6 +38,7 @@ class Capabilities:
     history_types: set[str]
     export_levels: set[str]
     server_time: datetime | None
+    statement: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def offers_history(self, types: Sequence[str]) -> bool:
         return self.history_system or all(t in self.history_types for t in types)
@@ -80,7 +81,7 @@ def read_capabilities(client: FhirClient) -> Capabilities:
             server_time = parsedate_to_datetime(response.headers["Date"])
         except (TypeError, ValueError):
             server_time = None
-    return Capabilities(version, system, types, levels, server_time)
+    return Capabilities(version, system, types, levels, server_time, metadata)
 
 
 @dataclass

@@ -64,7 +64,13 @@ from fhir_spine.sources.bulk import (
 )
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import BY_ID_TYPES, RestOptions, RestSource, index_code_tokens
+from fhir_spine.sources.rest import (
+    BY_ID_TYPES,
+    RestOptions,
+    RestSource,
+    index_code_tokens,
+    optional_types_not_offered,
+)
 from fhir_spine.tables import Tables
 from fhir_spine.validate import Mode
 
@@ -245,6 +251,8 @@ class Refresh:
             try:
                 store.begin()
                 caps = read_capabilities(self.client)
+                skipped = optional_types_not_offered(caps.statement, self.types)
+                self.types = tuple(t for t in self.types if t not in skipped)
                 if full:
                     store.clear()
                     watermark, source = self._pull_full(caps)

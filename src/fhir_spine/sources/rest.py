@@ -41,6 +41,36 @@ INDEX_CONCEPT = "vertebral-biopsy"
 # that orders point to.
 BY_ID_TYPES = ("Patient", "Medication")
 MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration")
+# View types a server may well not offer (many do not store questionnaire answers): they
+# are searched only when the CapabilityStatement lists them with a `patient` search
+# parameter; otherwise they are skipped with a warning and named in the manifest's
+# `query.types_not_offered`. Every other view type is required.
+OPTIONAL_TYPES = ("QuestionnaireResponse",)
+
+
+def optional_types_not_offered(metadata: Any, types: Iterable[str]) -> tuple[str, ...]:
+    """The optional `types` a CapabilityStatement does not offer for patient searches.
+
+    A statement that lists no resources at all says nothing: then nothing is dropped.
+    """
+    resources: dict[str, Any] = {}
+    for rest in (metadata.get("rest") or []) if isinstance(metadata, dict) else []:
+        if isinstance(rest, dict) and rest.get("mode", "server") == "server":
+            for res in rest.get("resource") or []:
+                if isinstance(res, dict) and isinstance(res.get("type"), str):
+                    resources[res["type"]] = res
+    if not resources:
+        return ()
+    missing = []
+    for t in types:
+        if t not in OPTIONAL_TYPES:
+            continue
+        res = resources.get(t)
+        params = {p.get("name") for p in (res or {}).get("searchParam") or []
+                  if isinstance(p, dict)}
+        if res is None or (params and "patient" not in params):
+            missing.append(t)
+    return tuple(missing)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INSTANT = "%Y-%m-%dT%H:%M:%SZ"
 MAX_EMPTY_PAGES = 3
@@ -384,6 +414,7 @@ class RestSource:
         self.searcher = Searcher(client, self.options, self.query_log, self._stop)
         self.types = tuple(t for t in sorted(mappings.views) if t not in BY_ID_TYPES)
         self._seen: set[tuple[str, str]] = set()
+        self._metadata: Any = {}
         self.duplicates = 0
         self.resources = 0
         self.query: dict[str, Any] = {
@@ -407,6 +438,7 @@ class RestSource:
     def items(self) -> Iterator[SourceItem]:
         try:
             self.info["fhir_version"] = self._fhir_version()
+            self._skip_types_not_offered()
             ids = self.patients if self.patients is not None else self._candidates()
             self.query["patients"] = len(ids)
             log.info("cohort: %d patients; fetching %s in batches of %d with %d workers",
@@ -440,8 +472,18 @@ class RestSource:
 
     # ------------------------------------------------------------- phases
 
+    def _skip_types_not_offered(self) -> None:
+        dropped = optional_types_not_offered(self._metadata, self.types)
+        if dropped:
+            log.warning("the server does not offer %s (not in its CapabilityStatement with a "
+                        "patient search): not pulled", ", ".join(dropped))
+            self.types = tuple(t for t in self.types if t not in dropped)
+            self.query["resource_types"] = list(BY_ID_TYPES[:1] + self.types + BY_ID_TYPES[1:])
+            self.query["types_not_offered"] = list(dropped)
+
     def _fhir_version(self) -> str:
         metadata = self.client.fetch_json("metadata")
+        self._metadata = metadata
         version = str(metadata.get("fhirVersion") or "")
         if metadata.get("resourceType") != "CapabilityStatement":
             raise ServerError(f"GET {redact_url(self.client.url('metadata'))}: not a "
