@@ -118,3 +118,22 @@ def test_site_map_extends_or_replaces_and_is_checked(tmp_path):
         "questionnaires:\n  http://h/Q:\n    nrs: pain_score\n")
     with pytest.raises(ConfigError, match="pain_score"):
         load_mappings(tmp_path)
+
+
+def test_rest_pull_skips_questionnaire_responses_a_server_does_not_offer():
+    from fhir_spine.sources.rest import optional_types_not_offered
+
+    def statement(*resources: dict) -> dict:
+        return {"resourceType": "CapabilityStatement",
+                "rest": [{"mode": "server", "resource": list(resources)}]}
+
+    types = ("Observation", "Procedure", "QuestionnaireResponse")
+    procedure = {"type": "Procedure", "searchParam": [{"name": "patient"}]}
+    assert optional_types_not_offered(statement(procedure), types) == ("QuestionnaireResponse",)
+    no_patient = {"type": "QuestionnaireResponse", "searchParam": [{"name": "authored"}]}
+    assert optional_types_not_offered(statement(procedure, no_patient), types) == (
+        "QuestionnaireResponse",)
+    offered = {"type": "QuestionnaireResponse", "searchParam": [{"name": "patient"}]}
+    assert optional_types_not_offered(statement(procedure, offered), types) == ()
+    # a statement that lists no resources says nothing: nothing is dropped
+    assert optional_types_not_offered(statement(), types) == ()
