@@ -40,6 +40,7 @@ COLUMNS: dict[str, list[str]] = {
         "category_codings",
         "status_reason_codings",
         "reason_codings",
+        "profiles",
     ],
     "Observation": [
         *COMMON,
@@ -142,6 +143,7 @@ COLLECTIONS = {
     "value_coding_extensions",
     "components",
     "items",
+    "profiles",
     "conclusion_codings",
     "based_on_refs",
     "result_refs",

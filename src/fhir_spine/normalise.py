@@ -33,6 +33,7 @@ from fhir_spine.settings import PathwaySettings
 
 Row = dict[str, Any]
 SEXES = {"female", "male", "other", "unknown"}
+PROFILE_SYSTEM = "urn:fhir-spine:meta.profile"  # concepts.yaml alias `meta-profile`
 
 
 @dataclass
@@ -182,6 +183,20 @@ class Normaliser:
             encounter_id=row.get("encounter_ref") or None,
             part_of=tuple(r for r in row.get("part_of_refs") or () if r),
             levels=levels, coding=match.coding))
+
+    def procedure_with_profile(self, row: Row) -> None:
+        """Procedure rows, with a declared profile that concepts.yaml maps (system
+        `meta-profile`, e.g. mCODE CancerRelatedSurgicalProcedure) added to its categories,
+        then `procedure()`: the profile is the sender's statement of what the procedure is
+        (issue 11: mCODE examples), looked up after the codes, as categories are."""
+        extra = []
+        for url in row.get("profiles") or ():
+            coding = Coding(PROFILE_SYSTEM, str(url))
+            if self.concepts.lookup("procedure", coding) is not None:
+                extra.append(f"{PROFILE_SYSTEM}|{url}|declared profile")
+        if extra:
+            row = {**row, "category_codings": [*(row.get("category_codings") or ()), *extra]}
+        self.procedure(row)
 
     def _procedure_concept(self, codings: tuple[Coding, ...], categories: tuple[Coding, ...],
                            levels: tuple[str, ...]):  # type: ignore[no-untyped-def]

@@ -159,7 +159,7 @@ def _handler(norm: Normaliser, rtype: str) -> Callable[[dict[str, Any]], None]:
     handlers: dict[str, Callable[[dict[str, Any]], None]] = {
         "Patient": norm.patient,
         "Medication": norm.medication,
-        "Procedure": norm.procedure,
+        "Procedure": norm.procedure_with_profile,
         "MedicationRequest": norm.medication_use,
         "MedicationAdministration": norm.medication_use,
         "DiagnosticReport": norm.diagnostic_report,

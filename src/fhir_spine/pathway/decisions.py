@@ -32,6 +32,7 @@ EVENT_TYPES = {
     "decompression": "decompression", "radiotherapy": "therapy-radiotherapy",
     "systemic-therapy": "therapy-systemic", "systemic-therapy-procedure": "therapy-systemic",
     "oncologic-resection": "therapy-surgery", "separation-surgery": "therapy-surgery",
+    "cancer-related-surgery": "therapy-surgery",
     "bone-modifying-agent": "bone-modifying-agent", "steroid": "steroid",
     "supportive-drug": "supportive-drug",
 }

@@ -20,6 +20,7 @@ THERAPY_MODALITY = {
     "radiotherapy": "radiotherapy",
     "oncologic-resection": "surgery",
     "separation-surgery": "surgery",
+    "cancer-related-surgery": "surgery",
 }
 MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
 NEOPLASTIC_FINDINGS = frozenset({
