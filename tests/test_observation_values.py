@@ -172,3 +172,23 @@ def test_element_reader_and_row_reader_agree(mappings):
     assert read_number(from_element(element), concepts, 10).number == 6
     assert read_number(from_element({"valueInteger": 3}), concepts).number == 3
     assert read_number(from_element({}), concepts).form == ""
+
+
+def test_time_points_are_per_measure_when_one_resource_gives_several(mappings):
+    """A panel gives vas and sosgoq_pain; a later plain vas is the vas baseline: the
+    panel's sosgoq_pain row is still the sosgoq_pain baseline, its vas row is not."""
+    from fhir_spine.tables import build_tables
+
+    cpt = "http://www.ama-assn.org/go/cpt"
+    biopsy = {"resourceType": "Procedure", "id": "bx", "status": "completed",
+              "subject": {"reference": "Patient/p1"}, "performedDateTime": "2024-03-04",
+              "code": {"coding": [{"system": cpt, "code": "20225"}]},
+              "bodySite": [{"coding": [{"system": SCT, "code": "11994002"}]}]}
+    panel = obs("panel", code=None, when="2024-03-01", component=[
+        component(VAS, valueInteger=5), component((LOCAL, "sosgoq-pain"), valueInteger=40)])
+    later = obs("later", when="2024-03-03", valueInteger=6)
+    rows = build_tables(run(mappings, biopsy, panel, later)).observations
+    got = {(r.resource_id, r.measure): r.timepoint for r in rows.itertuples()}
+    assert got[("panel", "sosgoq_pain")] == "baseline"
+    assert got[("later", "vas")] == "baseline"
+    assert got[("panel", "vas")] is None or str(got[("panel", "vas")]) == "<NA>"

@@ -113,7 +113,7 @@ def build_tables(extraction: Extraction) -> Tables:
     patients = frame([patient_row(r) for r in extraction.results], schema.PATIENTS)
 
     event_rows: list[dict[str, Any]] = []
-    timepoints: dict[tuple[str, str], str] = {}
+    timepoints: dict[tuple[str, str, str], str] = {}
     for result in extraction.results:
         timepoints.update(result.timepoints)
         inp = extraction.inputs[result.patient_id]
@@ -136,8 +136,8 @@ def build_tables(extraction: Extraction) -> Tables:
     obs_rows = [
         {"patient_id": pid, "measure": m.measure, "value": m.value,
          "effective": m.effective.iso(), "effective_date": m.effective.day,
-         "timepoint": timepoints.get(m.source.key), "resource_type": m.source.resource_type,
-         "resource_id": m.source.resource_id}
+         "timepoint": timepoints.get((*m.source.key, m.measure)),
+         "resource_type": m.source.resource_type, "resource_id": m.source.resource_id}
         for pid, m in extraction.normaliser.measurement_rows
     ]
     observations = frame(obs_rows, schema.OBSERVATIONS)

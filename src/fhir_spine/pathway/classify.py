@@ -188,18 +188,18 @@ def _fill_measures(
         base = measures.baseline(series, index, settings.baseline_lookback_days)
         if base is not None:
             result.measures[f"{column}_baseline"] = base.value
-            result.timepoints[base.source.key] = "baseline"
+            result.timepoints[(*base.source.key, base.measure)] = "baseline"
         if dx is not None:
             near = measures.at_diagnosis(series, index, dx, settings.at_diagnosis_window_days)
             if near is not None:
                 result.measures[f"{column}_at_diagnosis"] = near.value
-                result.timepoints[near.source.key] = "at-diagnosis"
+                result.timepoints[(*near.source.key, near.measure)] = "at-diagnosis"
     for measure in measures.BASELINE_ONLY:
         base = measures.baseline(by_measure.get(measure, []), index,
                                  settings.baseline_lookback_days)
         if base is not None:
             setattr(result, measure, base.value)
-            result.timepoints[base.source.key] = "baseline"
+            result.timepoints[(*base.source.key, base.measure)] = "baseline"
 
 
 def _exclusions(

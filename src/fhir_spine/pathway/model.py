@@ -146,4 +146,5 @@ class PatientResult:
     ae_unplanned_fixation: int = 0
     ae_pain_readmission: int = 0
     decisions: list[Decision] = field(default_factory=list)
-    timepoints: dict[tuple[str, str], str] = field(default_factory=dict)  # source key -> tp
+    # (resource type, id, measure) -> time point: one resource may give several measures
+    timepoints: dict[tuple[str, str, str], str] = field(default_factory=dict)
