@@ -19,7 +19,7 @@ without it, it replaces the default map, as concepts.yaml does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class QuestionnaireMap:
         return found
 
 
-def build_questionnaire_map(documents: list[Mapping[str, Any]],
+def build_questionnaire_map(documents: Sequence[Mapping[str, Any]],
                             known_measures: set[str]) -> QuestionnaireMap:
     """Merge documents (earlier ones win) and check every measure is a known one."""
     items: dict[str, dict[str, str]] = {}
