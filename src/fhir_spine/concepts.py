@@ -1,4 +1,4 @@
-"""Code system + code -> pathway concept, from `mappings/concepts.yaml`.
+"""Code system + code -> pathway concept, from `fhir_spine/mappings/concepts.yaml`.
 
 Site-specific codes live in data, not here: an integration engineer extends the map
 with `--mappings DIR` after reading the `codes` table of a first run.

@@ -1,6 +1,7 @@
 """Mappings folder loading: concepts, pathway settings and view definitions.
 
-The defaults ship in the repository's `mappings/`. `--mappings DIR` layers a site's
+The defaults ship inside the package (`fhir_spine/mappings/`, read through
+`importlib.resources`, so a built wheel has them). `--mappings DIR` layers a site's
 folder over them: a `settings.yaml` there is merged key by key, a `concepts.yaml` with
 `extends: default` is merged over the default map (else replaces it), and any
 `views/<Type>.json` there replaces the default view of that type. Every file used is
@@ -9,9 +10,12 @@ hashed into the manifest so a dataset says exactly which rules made it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,9 +25,23 @@ import yaml
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MAPPINGS = REPO_ROOT / "mappings"
-DEMO_COHORT = REPO_ROOT / "fixtures" / "demo"
+_PACKAGE = "fhir_spine"
+_package_files = ExitStack()
+atexit.register(_package_files.close)
+
+
+def _package_folder(name: str) -> Path:
+    """A data folder shipped in the package, as a real filesystem path.
+
+    For an ordinary (unzipped) install this is the folder itself; from a zipped package
+    `as_file` extracts it to a temporary folder that lives until the process exits.
+    """
+    traversable = resources.files(_PACKAGE) / name
+    return _package_files.enter_context(resources.as_file(traversable)).resolve()
+
+
+DEFAULT_MAPPINGS = _package_folder("mappings")
+DEMO_COHORT = _package_folder("demo")
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,15 @@ class Mappings:
     files: list[MappingFile]
 
 
+def _shown(path: Path) -> Path:
+    """How a mapping file is named in manifests: a default one relative to the package
+    (`fhir_spine/mappings/...`, the same wherever it is installed), a site's as given."""
+    try:
+        return Path(_PACKAGE, "mappings", path.relative_to(DEFAULT_MAPPINGS))
+    except ValueError:
+        return path
+
+
 def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
     try:
         data = path.read_bytes()
@@ -122,7 +149,7 @@ def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
+    files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     return doc
 
 
@@ -166,5 +193,5 @@ def load_mappings(
             if not isinstance(resource, str):
                 raise ConfigError(f"{path}: a ViewDefinition needs a `resource`")
             views[resource] = view
-            files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
+            files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     return Mappings(settings, concepts, views, files)

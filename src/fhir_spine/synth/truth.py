@@ -3,7 +3,7 @@
 This is an independent oracle for `fhir_spine.pathway` (the system under test), so it
 never imports it. It reads the plan's records, which carry their clinical meaning
 directly (a procedure's kind, a report's finding, a condition's concept), and applies
-the rules of `profiles/README.md` with the defaults of `mappings/settings.yaml`:
+the rules of `profiles/README.md` with the defaults of `fhir_spine/mappings/settings.yaml`:
 statuses that do not count, partial dates that cannot be placed, session links,
 windows. Decoys added by `variants.py` go through the same rules, which is how the
 generator checks that no decoy changes an answer.
@@ -28,7 +28,7 @@ from fhir_spine.synth.vocab import DRUGS, SINS_COMPONENTS
 
 @dataclass(frozen=True)
 class Rules:
-    """The defaults of mappings/settings.yaml that the truth depends on (a test compares)."""
+    """The defaults of fhir_spine/mappings/settings.yaml the truth depends on (tested)."""
 
     same_session_gap_hours: int = 6
     therapy_modality_window_days: int = 30

@@ -1,7 +1,7 @@
 """The synthetic hospital's vocabulary: which codes its records carry.
 
 The generator plays a FHIR *source*, so it keeps its own code lists instead of reading
-`mappings/concepts.yaml`: a test checks that every pathway code used here is one the
+`fhir_spine/mappings/concepts.yaml`: a test checks that every pathway code used here is one the
 default mappings know, which catches drift on either side.
 """
 
