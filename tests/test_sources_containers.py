@@ -288,6 +288,20 @@ def test_a_search_outcome_reports_its_worst_issue_and_every_text(tmp_path):
     assert "information: paged; warning: ServiceRequest not searched" in problem.message
 
 
+def test_a_bulk_error_file_beside_the_output_is_issues_rows_at_their_severity(tmp_path):
+    write_ndjson(tmp_path / "Patient.ndjson", [patient("p1")])
+    (tmp_path / "error").mkdir()
+    write_ndjson(tmp_path / "error" / "OperationOutcome.ndjson", [
+        outcome(("error", "Observation/o9 could not be exported")),
+        outcome(("information", "exported with _elements"))], gz=False)
+    items = list(iter_folder(tmp_path))
+    extraction = run_pipeline(items)
+    rows = [(i.severity, i.origin) for i in extraction.issues if i.code == "operation-outcome"]
+    assert rows == [("error", "error/OperationOutcome.ndjson:1"),
+                    ("info", "error/OperationOutcome.ndjson:2")]
+    assert any("Observation/o9 could not be exported" in i.message for i in extraction.issues)
+
+
 def test_an_operation_outcome_outside_a_search_stays_an_ordinary_resource(tmp_path):
     write_json(tmp_path / "c.json", bundle("collection", entry(outcome(("error", "x")))))
     [item] = list(iter_folder(tmp_path))

@@ -157,10 +157,16 @@ def iter_ndjson_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[
 
 def _iter_ndjson(path: Path, name: str, *, unpack: bool,
                  artefacts: list[ExportArtefact] | None) -> Iterator[SourceItem]:
-    """`iter_ndjson_file`; with `artefacts`, a file whose first line is a Bulk Data
-    client log event is that client's log: its event lines are added to one
-    `ExportArtefact` instead of being read as (non-)resources. Any other line in it is
-    read as usual, so a resource is never hidden by sitting in a log."""
+    """`iter_ndjson_file`, plus, when reading a folder (`artefacts` given), what a Bulk
+    Data client leaves beside the output:
+
+    - a file whose first JSON line is a client log event is that client's log: its event
+      lines go into one `ExportArtefact` instead of being read as (non-)resources; any
+      other line in it is read as usual, so a resource is never hidden in a log;
+    - an OperationOutcome line is an `error` file's message from the server: one issues
+      row at its own severity with its text (`error`/`fatal`: data the server could not
+      export), not a resource the pathway ignores in silence.
+    """
     export_log: ExportArtefact | None = None
     first = True
     try:
@@ -185,6 +191,10 @@ def _iter_ndjson(path: Path, name: str, *, unpack: bool,
                 if not unpack and isinstance(value, dict) \
                         and value.get("resourceType") == "Bundle":
                     yield RawResource(value, origin)
+                    continue
+                if artefacts is not None and isinstance(value, dict) \
+                        and value.get("resourceType") == "OperationOutcome":
+                    yield _outcome_problem(value, origin, "export error file")
                     continue
                 yield from _resources_of(value, origin)
     except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
@@ -259,7 +269,7 @@ def _bundle_entries(bundle: dict[str, Any], origin: str, *, depth: int = 0,
         search = entry.get("search")
         mode = search.get("mode") if isinstance(search, dict) else None
         if mode == "outcome" or (searchset and resource["resourceType"] == "OperationOutcome"):
-            yield _search_outcome(resource, where)
+            yield _outcome_problem(resource, where, "search results")
             continue
         full_url = entry.get("fullUrl")
         if not resource.get("id"):
@@ -355,9 +365,11 @@ _OUTCOME_SEVERITY: dict[str, Severity] = {
 _SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 
 
-def _search_outcome(outcome: dict[str, Any], where: str) -> ReadProblem:
-    """A search's OperationOutcome entry as one problem at its worst issue's severity
-    (`fatal`/`error` -> error, `warning`, `information` -> info; unknown -> error)."""
+def _outcome_problem(outcome: dict[str, Any], where: str, carrier: str) -> ReadProblem:
+    """A server's OperationOutcome carried in the data (a search's `outcome` entry, a
+    line of a Bulk Data `error` file) as one problem at its worst issue's severity
+    (`fatal`/`error` -> error, `warning`, `information` -> info; unknown -> error) with
+    every issue's text. Counted as read and set aside: it is in the input, it is no data."""
     severities: list[Severity] = []
     texts: list[str] = []
     issues = outcome.get("issue")
@@ -374,9 +386,12 @@ def _search_outcome(outcome: dict[str, Any], where: str) -> ReadProblem:
         first = codings[0] if codings and isinstance(codings[0], dict) else {}
         text = (issue.get("diagnostics") or details.get("text") or first.get("display")
                 or issue.get("code") or "no text")
-        texts.append(f"{raw if isinstance(raw, str) else 'error'}: {text}")
+        at = issue.get("expression") or issue.get("location")
+        at = ", ".join(str(x) for x in at) if isinstance(at, list) else ""
+        texts.append(f"{raw if isinstance(raw, str) else 'error'}: {text}"
+                     + (f" (at {at})" if at else ""))
     severity = min(severities, key=_SEVERITY_RANK.__getitem__) if severities else "error"
-    message = " ".join(f"{where}: server message in search results: "
+    message = " ".join(f"{where}: server message in {carrier}: "
                        f"{'; '.join(texts) or 'OperationOutcome without issues'}".split())
     return ReadProblem(where, "operation-outcome", message[:1000], "OperationOutcome",
                        str(outcome.get("id") or ""), severity)
