@@ -173,13 +173,15 @@ def test_unresolvable_conditional_references_are_issues_rows_never_dropped(tmp_p
         entry(patient("b", "dup"), method="POST"),
         entry(procedure("none", f"Patient?identifier={MRN}|404"), method="POST"),
         entry(procedure("several", f"Patient?identifier={MRN}|dup"), method="POST"),
-        entry(procedure("odd", "Patient?address-city=Oslo"), method="POST")))
+        entry(procedure("odd", "Patient?address-city=Oslo"), method="POST"),
+        entry(procedure("none-again", f"Patient?identifier={MRN}|404"), method="POST")))
     items = list(iter_folder(tmp_path))
     got = resources(items)
-    for rid in ("none", "several", "odd"):  # the resource is still read, reference as sent
+    for rid in ("none", "several", "odd", "none-again"):  # still read, reference as sent
         assert got[f"Procedure/{rid}"].resource["subject"]["reference"].startswith("Patient?")
     extraction = run_pipeline(items)
     rows = {i.resource_id: i for i in extraction.issues if i.code.startswith("conditional")}
+    assert set(rows) == {"none", "several", "odd"}  # one row per reference per Bundle
     assert (rows["none"].severity, rows["none"].code) == (
         "warning", "conditional-reference-unresolved")
     assert f"Patient?identifier={MRN}|404" in rows["none"].message

@@ -260,8 +260,8 @@ def _bundle_entries(bundle: dict[str, Any], origin: str, *, depth: int = 0,
         where = f"{origin}#entry[{index}]" if depth == 0 else f"{origin}.entry[{index}]"
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            method = ((entry or {}).get("request") or {}).get("method") if isinstance(
-                entry, dict) else None
+            request = entry.get("request") if isinstance(entry, dict) else None
+            method = request.get("method") if isinstance(request, dict) else None
             yield ReadProblem(where, "not-a-resource",
                               f"{where}: bundle entry without a resource"
                               + (f" (request {method})" if method else ""))
@@ -296,14 +296,19 @@ def _id_from_entry(entry: dict[str, Any]) -> str | None:
     full_url = entry.get("fullUrl")
     if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
         return full_url.removeprefix("urn:uuid:")
-    url = (entry.get("request") or {}).get("url")
+    request = entry.get("request")
+    url = request.get("url") if isinstance(request, dict) else None
     if isinstance(url, str) and "/" in url and "?" not in url:
         return url.rstrip("/").rsplit("/", 1)[-1]
     return None
 
 
 class _References:
-    """Rewrites the references of one Bundle's resources to `Type/id`."""
+    """Rewrites the references of one Bundle's resources to `Type/id`.
+
+    An unresolved conditional reference is reported once per Bundle, on the first entry
+    that uses it: Synthea-style Bundles repeat one `Practitioner?identifier=...` in
+    hundreds of entries, and one problem is one row."""
 
     def __init__(self, aliases: dict[str, str], candidates: list[dict[str, Any]]) -> None:
         self.aliases = aliases
@@ -312,7 +317,10 @@ class _References:
 
     def rewrite(self, resource: dict[str, Any], where: str) -> RawResource:
         unresolved: dict[str, conditional.Resolution] = {}
-        rewritten = self._walk(resource, unresolved)
+        try:
+            rewritten = self._walk(resource, unresolved)
+        except RecursionError:  # absurdly deep data: keep it as sent, the views decide
+            return RawResource(resource, where)
         rtype, rid = str(resource["resourceType"]), str(resource.get("id") or "")
         notes = tuple(_unresolved_note(ref, res, rtype, rid, where)
                       for ref, res in unresolved.items())
@@ -336,13 +344,13 @@ class _References:
             return self.aliases[reference]
         if not conditional.is_conditional(reference):
             return reference
-        if reference not in self.resolved:
-            self.resolved[reference] = conditional.resolve(reference, self.candidates)
-        resolution = self.resolved[reference]
-        if resolution.outcome == "resolved":
-            return resolution.target
-        unresolved[reference] = resolution
-        return reference
+        resolution = self.resolved.get(reference)
+        if resolution is None:
+            resolution = conditional.resolve(reference, self.candidates)
+            self.resolved[reference] = resolution
+            if resolution.outcome != "resolved":
+                unresolved[reference] = resolution  # reported once, on its first user
+        return resolution.target if resolution.outcome == "resolved" else reference
 
 
 def _unresolved_note(reference: str, resolution: conditional.Resolution, rtype: str,
@@ -350,14 +358,14 @@ def _unresolved_note(reference: str, resolution: conditional.Resolution, rtype: 
     """An issues row for a conditional reference left as it is. Several matches is an
     error (two resources claim the same identity); no match, or a search this reader
     cannot run, is a warning (the target may be elsewhere; the reference is kept)."""
+    left = "left unresolved here and in every other entry of the Bundle that uses it"
     if resolution.outcome == "several":
         return ReadProblem(where, "conditional-reference-ambiguous",
                            f"{rtype} refers to {reference!r}: {resolution.detail}; a server "
-                           "would reject the transaction; reference left unresolved",
-                           rtype, rid, "error")
+                           f"would reject the transaction; {left}", rtype, rid, "error")
     return ReadProblem(where, "conditional-reference-unresolved",
-                       f"{rtype} refers to {reference!r}: {resolution.detail}; reference "
-                       "left unresolved", rtype, rid, "warning")
+                       f"{rtype} refers to {reference!r}: {resolution.detail}; {left}",
+                       rtype, rid, "warning")
 
 
 _OUTCOME_SEVERITY: dict[str, Severity] = {
