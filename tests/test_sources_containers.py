@@ -237,6 +237,15 @@ def test_a_bulk_data_client_log_is_an_export_artefact_recognised_by_shape(tmp_pa
     assert len(info["export_artefacts"]) == 2
 
 
+def test_an_unfinished_export_log_is_recognised_and_warned_about(tmp_path, caplog):
+    write_ndjson(tmp_path / "log.ndjson", [log_event("kickoff", exportUrl="https://e/$export")])
+    source = FileSource(tmp_path)
+    assert list(source) == []
+    [artefact] = source.export_artefacts
+    assert not artefact.complete and source.transaction_time is None
+    assert "no export_complete event" in caplog.text
+
+
 def test_a_log_shaped_line_inside_a_resource_file_is_still_not_a_resource(tmp_path):
     write_ndjson(tmp_path / "Patient.ndjson", [patient("p1"), log_event("kickoff")])
     items = list(FileSource(tmp_path))
@@ -330,3 +339,4 @@ def test_extract_of_an_export_folder_with_artefacts_exits_0_and_records_them(tmp
         rows = [r for r in csv.DictReader(fh) if r["code"] == "operation-outcome"]
     assert [(r["severity"], "capped at 1000" in r["message"]) for r in rows] == [
         ("warning", True)]
+

@@ -206,6 +206,9 @@ def _iter_ndjson(path: Path, name: str, *, unpack: bool,
             log.warning("%s: the export log records %d error event(s), e.g. %s: the export "
                         "may be incomplete", name, len(export_log.errors),
                         export_log.errors[0])
+        elif not export_log.complete:
+            log.warning("%s: the export log has no export_complete event: the downloads "
+                        "may not have finished", name)
 
 
 def _iter_json(path: Path, name: str,
