@@ -71,10 +71,14 @@ def extract(
         if progress is not None:
             progress(1)
         if isinstance(item, ReadProblem):
-            norm.issues.append(Issue("error", item.code, item.message, "", item.resource_type,
-                                     item.resource_id, item.origin, sets_aside=True))
+            norm.issues.append(Issue(item.severity, item.code, item.message, "",
+                                     item.resource_type, item.resource_id, item.origin,
+                                     sets_aside=True))
             accounting.set_aside += 1
             continue
+        for note in item.notes:  # problems that leave the resource usable: a row each
+            norm.issues.append(Issue(note.severity, note.code, note.message, "",
+                                     note.resource_type, note.resource_id, note.origin))
         _read_resource(item, views, rows, norm, read_by_type, accounting, validation)
 
     for rtype in NORMALISE_ORDER + tuple(sorted(set(rows) - set(NORMALISE_ORDER))):

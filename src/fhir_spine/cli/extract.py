@@ -13,7 +13,7 @@ from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode
 from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
-from fhir_spine.sources.files import check_folder, iter_folder
+from fhir_spine.sources.files import FileSource, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,15 @@ def run(args: argparse.Namespace) -> int:
 
         items, info = (bulk_source if args.bulk else server_source)(args, mappings)
     else:
-        items, info = iter_folder(source), {
+        files = FileSource(source)
+        items, info = iter(files), {
             "source": {"kind": "files", "location": str(source.absolute())},
             "fhir_version": "4.0.1", "query": {}}
     log.info("reading %s", info["source"]["location"])
     with counter("resources read", quiet=args.quiet) as tick:
         extraction = extract(items, mappings, validation=args.validation, progress=tick)
+    if source is not None:  # a Bulk Data export folder: its transactionTime, its log
+        info["query"].update(files.query_info())
     tables = build_tables(extraction)
     severities = tables.issues["severity"].value_counts().to_dict()
     acc = extraction.accounting
