@@ -139,10 +139,10 @@ def analyse(plan: PatientPlan, rules: Rules = DEFAULT_RULES) -> Facts:
 def _stabilization(plan: PatientPlan, facts: Facts, rules: Rules) -> None:
     assert facts.index is not None  # noqa: S101 - analyse() checked
     stabs = completed(plan, "stabilization", rules)
-    for stab in stabs:
-        link = session_link(facts.index, stab, rules)
+    for candidate in stabs:
+        link = session_link(facts.index, candidate, rules)
         if link:
-            facts.stabilization, facts.strategy, facts.basis = stab, "single-stage", link
+            facts.stabilization, facts.strategy, facts.basis = candidate, "single-stage", link
             break
     else:
         later = [s for s in stabs if s.start.sort_key() > facts.index.start.sort_key()]
