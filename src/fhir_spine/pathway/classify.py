@@ -4,17 +4,21 @@ events, inclusion and every exclusion reason that applies (PATHWAY.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 
 from fhir_spine.pathway import adverse, measures
 from fhir_spine.pathway.decisions import Landmarks, decide
 from fhir_spine.pathway.model import (
-    ClinicalEvent,
     ConditionRecord,
+    DatedMeasurement,
     Measurement,
     PatientInput,
     PatientResult,
+    PlacedEvent,
+    is_dated,
+    is_placed,
 )
-from fhir_spine.pathway.time import When, days_between
+from fhir_spine.pathway.time import OnDay, days_between
 from fhir_spine.pathway.timeline import (
     NEOPLASTIC_FINDINGS,
     DiagnosisFinding,
@@ -41,7 +45,7 @@ TUMOUR_GROUPS = {
 }
 
 
-def age_in_years(birth, on) -> int:  # type: ignore[no-untyped-def]
+def age_in_years(birth: date, on: date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
@@ -66,7 +70,7 @@ def involved_vertebrae(conditions: Sequence[ConditionRecord], index_levels: set[
 
 
 def metastatic_outside_index(
-    conditions: Sequence[ConditionRecord], index_levels: set[str], until: When | None,
+    conditions: Sequence[ConditionRecord], index_levels: set[str], until: OnDay | None,
     lookahead_days: int,
 ) -> bool:
     """A secondary malignancy recorded by the diagnosis at a site other than the index
@@ -77,7 +81,7 @@ def metastatic_outside_index(
         if c.levels and index_levels & set(c.levels):
             continue
         if until is not None and c.onset is not None and c.onset.day is not None:
-            if (c.onset.day - until.day).days > lookahead_days:  # type: ignore[operator]
+            if (c.onset.day - until.day).days > lookahead_days:
                 continue
         return True
     return False
@@ -85,11 +89,11 @@ def metastatic_outside_index(
 
 def tumour_group(conditions: Sequence[ConditionRecord], diagnosis: DiagnosisFinding) -> str | None:
     """From the primary cancer Condition, else from the pathology conclusion."""
-    primaries = [c for c in conditions if c.countable and c.finding in TUMOUR_GROUPS]
-    if primaries:
-        return TUMOUR_GROUPS[primaries[0].finding]  # type: ignore[index]
-    if diagnosis.report is not None and diagnosis.report.finding in TUMOUR_GROUPS:
-        return TUMOUR_GROUPS[diagnosis.report.finding]  # type: ignore[index]
+    for c in conditions:
+        if c.countable and c.finding is not None and c.finding in TUMOUR_GROUPS:
+            return TUMOUR_GROUPS[c.finding]
+    if diagnosis.report is not None and diagnosis.report.finding is not None:
+        return TUMOUR_GROUPS.get(diagnosis.report.finding)
     return None
 
 
@@ -103,7 +107,6 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         return result
 
     index = biopsies.index
-    assert index.start is not None and index.start.day is not None
     result.index_biopsy_date = index.start.day
     index_levels = set(index.levels) or {
         lv for c in inp.conditions if c.countable and c.finding in NEOPLASTIC_FINDINGS
@@ -153,13 +156,11 @@ def _fill_timeline(
     index_day = result.index_biopsy_date
     assert index_day is not None
     if stab.event is not None:
-        assert stab.event.start is not None
         result.strategy, result.strategy_basis = stab.strategy, stab.basis
         result.stabilization_date = stab.event.start.day
     if diagnosis.report is not None and diagnosis.report.issued is not None:
         result.diagnosis_available_date = diagnosis.report.issued.day
     if therapy.first is not None:
-        assert therapy.first.start is not None and therapy.first.start.day is not None
         result.therapy_start_date = therapy.first.start.day
         result.therapy_modalities = list(therapy.modalities)
         result.days_biopsy_to_therapy = (therapy.first.start.day - index_day).days
@@ -169,18 +170,17 @@ def _fill_timeline(
         else:
             result.days_biopsy_to_stabilization = (result.stabilization_date - index_day).days
         if therapy.first is not None:
-            assert therapy.first.start is not None and stab.event.start is not None
             result.days_stabilization_to_therapy = days_between(stab.event.start,
                                                                 therapy.first.start)
 
 
 def _fill_measures(
-    result: PatientResult, values: Sequence[Measurement], index: When, dx: When | None,
+    result: PatientResult, values: Sequence[Measurement], index: OnDay, dx: OnDay | None,
     settings: PathwaySettings,
 ) -> None:
-    by_measure: dict[str, list[Measurement]] = {}
+    by_measure: dict[str, list[DatedMeasurement]] = {}
     for m in values:
-        if m.effective.is_day_precise:
+        if is_dated(m):
             by_measure.setdefault(m.measure, []).append(m)
     for column, measure in measures.PRO_MEASURES.items():
         series = by_measure.get(measure, [])
@@ -203,7 +203,7 @@ def _fill_measures(
 
 def _exclusions(
     inp: PatientInput, settings: PathwaySettings, result: PatientResult,
-    index: ClinicalEvent, index_levels: set[str], stab: StabilizationFinding,
+    index: PlacedEvent, index_levels: set[str], stab: StabilizationFinding,
     diagnosis: DiagnosisFinding, therapy: TherapyFinding,
 ) -> list[str]:
     reasons: set[str] = set()
@@ -213,13 +213,14 @@ def _exclusions(
         reasons.add("cervical")
     therapy_start = therapy.first.start if therapy.first else None
     for e in inp.events:
-        if e.concept == "decompression" and e.countable and e.placed:
-            if therapy_start is None or not after(e.start, therapy_start):  # type: ignore[arg-type]
+        if not (e.countable and is_placed(e)):
+            continue
+        if e.concept == "decompression":
+            if therapy_start is None or not after(e.start, therapy_start):
                 reasons.add("decompression")
-        if e.concept == "oncologic-resection" and e.countable and e.placed:
-            assert index.start is not None
-            if after(e.start, index.start) and (  # type: ignore[arg-type]
-                stab.event is None or not after(e.start, stab.event.start)  # type: ignore[arg-type]
+        if e.concept == "oncologic-resection":
+            if after(e.start, index.start) and (
+                stab.event is None or not after(e.start, stab.event.start)
             ):
                 reasons.add("directed-to-resection")
     if diagnosis.histology == "non-neoplastic":

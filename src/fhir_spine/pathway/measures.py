@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fhir_spine.pathway.model import Measurement
-from fhir_spine.pathway.time import When, not_after
+from fhir_spine.pathway.model import DatedMeasurement
+from fhir_spine.pathway.time import OnDay, not_after
 
 # Measures reported at both time points in `patients` (column prefix -> measure name).
 PRO_MEASURES = {
@@ -36,40 +36,37 @@ def in_range(measure: str, value: float) -> bool:
 
 
 def baseline(
-    values: Sequence[Measurement], index_biopsy: When, lookback_days: int
-) -> Measurement | None:
+    values: Sequence[DatedMeasurement], index_biopsy: OnDay, lookback_days: int
+) -> DatedMeasurement | None:
     """The last value on or before the index biopsy, no older than `lookback_days`."""
-    assert index_biopsy.day is not None
     candidates = [
         m for m in values
         if not_after(m.effective, index_biopsy)
-        and (index_biopsy.day - m.effective.day).days <= lookback_days  # type: ignore[operator]
+        and (index_biopsy.day - m.effective.day).days <= lookback_days
     ]
     return max(candidates, key=lambda m: m.effective.sort_key(), default=None)
 
 
 def at_diagnosis(
-    values: Sequence[Measurement], index_biopsy: When, diagnosis: When, window_days: int
-) -> Measurement | None:
+    values: Sequence[DatedMeasurement], index_biopsy: OnDay, diagnosis: OnDay, window_days: int
+) -> DatedMeasurement | None:
     """The value nearest the diagnosis date within +/- `window_days`, taken after the
     index biopsy (a pre-biopsy value is baseline, never at-diagnosis); ties: the later."""
-    assert diagnosis.day is not None
     candidates = [
         m for m in values
         if not not_after(m.effective, index_biopsy)
-        and abs((m.effective.day - diagnosis.day).days) <= window_days  # type: ignore[operator]
+        and abs((m.effective.day - diagnosis.day).days) <= window_days
     ]
     if not candidates:
         return None
     return min(
         candidates,
-        key=lambda m: (abs((m.effective.day - diagnosis.day).days),  # type: ignore[operator]
-                       _negated(m.effective)),
+        key=lambda m: (abs((m.effective.day - diagnosis.day).days), _negated(m.effective)),
     )
 
 
-def _negated(when: When) -> tuple[int, float]:
+def _negated(when: OnDay) -> tuple[int, float]:
     """Sort key that prefers the later of two equally near values."""
-    day = when.day.toordinal()  # type: ignore[union-attr]
+    day = when.day.toordinal()
     seconds = when.instant.timestamp() if when.instant is not None else float("-inf")
     return (-day, -seconds)

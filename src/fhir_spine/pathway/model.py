@@ -2,15 +2,26 @@
 
 Normalisation (FHIR rows -> these records) happens before the pathway; the records hold
 only what a rule needs, with the resource they came from so every decision is traceable.
+
+A record's time may be missing or partial, but a record the pathway uses has a day: the
+time-bearing records are generic in their time's type, `is_placed`, `is_dated` and
+`is_issued` narrow a record to the `OnDay` form, and the rules take only that form
+(`PlacedEvent`, `IssuedReport`, `DatedMeasurement`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Generic, TypeAlias
+
+from typing_extensions import TypeIs, TypeVar
 
 from fhir_spine.concepts import Coding
-from fhir_spine.pathway.time import When
+from fhir_spine.pathway.time import OnDay, When
+
+T = TypeVar("T", bound=When | None, default=When | None, covariant=True)
+W = TypeVar("W", bound=When, default=When, covariant=True)
 
 
 @dataclass(frozen=True)
@@ -24,12 +35,12 @@ class Source:
 
 
 @dataclass(frozen=True)
-class ClinicalEvent:
+class ClinicalEvent(Generic[T]):
     """A Procedure, MedicationRequest or MedicationAdministration tagged with a concept."""
 
     concept: str
     source: Source
-    start: When | None
+    start: T
     end: When | None = None
     status: str = ""
     countable: bool = True        # status/intent allow it to count
@@ -41,18 +52,34 @@ class ClinicalEvent:
 
     @property
     def placed(self) -> bool:
-        return self.start is not None and self.start.is_day_precise
+        return is_placed(self)
+
+
+PlacedEvent: TypeAlias = ClinicalEvent[OnDay]
+
+
+def is_placed(event: ClinicalEvent) -> TypeIs[PlacedEvent]:
+    """The event starts on a calendar day (not missing, not a partial date)."""
+    return isinstance(event.start, OnDay)
 
 
 @dataclass(frozen=True)
-class PathologyReport:
+class PathologyReport(Generic[T]):
     source: Source
-    issued: When | None
+    issued: T
     finding: str | None           # concept of the conclusion code, e.g. tumour-haematological
     status: str = ""
     countable: bool = True
     status_note: str = ""
     coding: Coding | None = None
+
+
+IssuedReport: TypeAlias = PathologyReport[OnDay]
+
+
+def is_issued(report: PathologyReport) -> TypeIs[IssuedReport]:
+    """The report was issued on a calendar day."""
+    return isinstance(report.issued, OnDay)
 
 
 @dataclass(frozen=True)
@@ -79,11 +106,19 @@ class EncounterRecord:
 
 
 @dataclass(frozen=True)
-class Measurement:
+class Measurement(Generic[W]):
     measure: str
     value: float
-    effective: When
+    effective: W
     source: Source
+
+
+DatedMeasurement: TypeAlias = Measurement[OnDay]
+
+
+def is_dated(m: Measurement) -> TypeIs[DatedMeasurement]:
+    """The value was taken on a calendar day."""
+    return isinstance(m.effective, OnDay)
 
 
 @dataclass(frozen=True)
