@@ -30,19 +30,15 @@ from fhir_spine.pathway.timeline import (
     find_diagnosis,
     find_stabilization,
 )
-from fhir_spine.settings import PathwaySettings
-
-EXCLUSION_ORDER = (
-    "no-index-biopsy", "under-18", "cervical", "decompression", "directed-to-resection",
-    "histology-not-neoplastic", "histology-unconfirmed", "no-stabilization",
-    "no-definitive-therapy", "missing-outcome-measures",
+from fhir_spine.pathway.vocabulary import (
+    BASELINE_MEASURES,
+    EXCLUSION_REASONS,
+    PRO_MEASURES,
+    TUMOUR_FINDINGS,
+    ExclusionReason,
+    TumourGroup,
 )
-TUMOUR_GROUPS = {
-    "tumour-solid-metastasis": "solid-metastasis",
-    "tumour-haematological": "haematological",
-    "tumour-primary-bone": "primary-bone",
-    "tumour-other": "other",
-}
+from fhir_spine.settings import PathwaySettings
 
 
 def age_in_years(birth: date, on: date) -> int:
@@ -87,13 +83,15 @@ def metastatic_outside_index(
     return False
 
 
-def tumour_group(conditions: Sequence[ConditionRecord], diagnosis: DiagnosisFinding) -> str | None:
+def tumour_group(
+    conditions: Sequence[ConditionRecord], diagnosis: DiagnosisFinding
+) -> TumourGroup | None:
     """From the primary cancer Condition, else from the pathology conclusion."""
     for c in conditions:
-        if c.countable and c.finding is not None and c.finding in TUMOUR_GROUPS:
-            return TUMOUR_GROUPS[c.finding]
+        if c.countable and c.finding is not None and c.finding in TUMOUR_FINDINGS:
+            return TUMOUR_FINDINGS[c.finding]
     if diagnosis.report is not None and diagnosis.report.finding is not None:
-        return TUMOUR_GROUPS.get(diagnosis.report.finding)
+        return TUMOUR_FINDINGS.get(diagnosis.report.finding)
     return None
 
 
@@ -182,22 +180,22 @@ def _fill_measures(
     for m in values:
         if is_dated(m):
             by_measure.setdefault(m.measure, []).append(m)
-    for column, measure in measures.PRO_MEASURES.items():
+    for measure in PRO_MEASURES:
         series = by_measure.get(measure, [])
         base = measures.baseline(series, index, settings.baseline_lookback_days)
         if base is not None:
-            result.measures[f"{column}_baseline"] = base.value
+            result.measures[f"{measure}_baseline"] = base.value
             result.timepoints[base.source.key] = "baseline"
         if dx is not None:
             near = measures.at_diagnosis(series, index, dx, settings.at_diagnosis_window_days)
             if near is not None:
-                result.measures[f"{column}_at_diagnosis"] = near.value
+                result.measures[f"{measure}_at_diagnosis"] = near.value
                 result.timepoints[near.source.key] = "at-diagnosis"
-    for measure in measures.BASELINE_ONLY:
-        base = measures.baseline(by_measure.get(measure, []), index,
+    for name in BASELINE_MEASURES:
+        base = measures.baseline(by_measure.get(name, []), index,
                                  settings.baseline_lookback_days)
         if base is not None:
-            setattr(result, measure, base.value)
+            setattr(result, name, base.value)
             result.timepoints[base.source.key] = "baseline"
 
 
@@ -205,8 +203,8 @@ def _exclusions(
     inp: PatientInput, settings: PathwaySettings, result: PatientResult,
     index: PlacedEvent, index_levels: set[str], stab: StabilizationFinding,
     diagnosis: DiagnosisFinding, therapy: TherapyFinding,
-) -> list[str]:
-    reasons: set[str] = set()
+) -> list[ExclusionReason]:
+    reasons: set[ExclusionReason] = set()
     if result.age_at_biopsy is not None and result.age_at_biopsy < settings.minimum_age_years:
         reasons.add("under-18")
     if is_cervical(sorted(index_levels), settings.excluded_level_prefixes):
@@ -240,4 +238,4 @@ def _exclusions(
                                         if tp == "baseline" else None)
             if value is None:
                 reasons.add("missing-outcome-measures")
-    return [r for r in EXCLUSION_ORDER if r in reasons]
+    return [r for r in EXCLUSION_REASONS if r in reasons]

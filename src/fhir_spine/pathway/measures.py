@@ -6,32 +6,14 @@ from collections.abc import Sequence
 
 from fhir_spine.pathway.model import DatedMeasurement
 from fhir_spine.pathway.time import OnDay, not_after
+from fhir_spine.pathway.vocabulary import MEASURE_RANGES
 
-# Measures reported at both time points in `patients` (column prefix -> measure name).
-PRO_MEASURES = {
-    "vas": "vas",
-    "sosgoq_total": "sosgoq_total",
-    "sosgoq_pain": "sosgoq_pain",
-    "sosgoq_physical": "sosgoq_physical",
-    "sosgoq_mental": "sosgoq_mental",
-    "sosgoq_social": "sosgoq_social",
-}
-# Measured once, before the biopsy.
-BASELINE_ONLY = ("sins_total", "ecog", "asa")
-
-RANGES: dict[str, tuple[float, float]] = {
-    "vas": (0, 10),
-    "sosgoq_total": (0, 100), "sosgoq_pain": (0, 100), "sosgoq_physical": (0, 100),
-    "sosgoq_mental": (0, 100), "sosgoq_social": (0, 100),
-    "sins_total": (0, 18), "sins_location": (0, 3), "sins_pain": (0, 3),
-    "sins_bone_lesion": (0, 2), "sins_alignment": (0, 4), "sins_collapse": (0, 3),
-    "sins_posterolateral": (0, 3),
-    "ecog": (0, 5), "asa": (1, 6),
-}
+_RANGES: dict[str, tuple[float, float]] = {m: r for m, r in MEASURE_RANGES.items()}
 
 
 def in_range(measure: str, value: float) -> bool:
-    low, high = RANGES.get(measure, (float("-inf"), float("inf")))
+    """Inside the measure's scale (any value of a measure without one)."""
+    low, high = _RANGES.get(measure, (float("-inf"), float("inf")))
     return low <= value <= high
 
 

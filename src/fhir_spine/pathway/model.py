@@ -19,6 +19,7 @@ from typing_extensions import TypeIs, TypeVar
 
 from fhir_spine.concepts import Coding
 from fhir_spine.pathway.time import OnDay, When
+from fhir_spine.pathway.vocabulary import ExclusionReason, Strategy, Timepoint, TumourGroup
 
 T = TypeVar("T", bound=When | None, default=When | None, covariant=True)
 W = TypeVar("W", bound=When, default=When, covariant=True)
@@ -152,8 +153,8 @@ class Decision:
 class PatientResult:
     patient_id: str
     included: bool = False
-    exclusion_reasons: list[str] = field(default_factory=list)
-    strategy: str | None = None
+    exclusion_reasons: list[ExclusionReason] = field(default_factory=list)
+    strategy: Strategy | None = None
     strategy_basis: str | None = None
     age_at_biopsy: int | None = None
     sex: str = "unknown"
@@ -171,11 +172,11 @@ class PatientResult:
     asa: float | None = None
     metastatic_outside_index: bool | None = None
     involved_vertebrae: int | None = None
-    tumour_group: str | None = None
+    tumour_group: TumourGroup | None = None
     measures: dict[str, float] = field(default_factory=dict)   # e.g. vas_baseline
     ae_repeat_biopsy: int = 0
     ae_revision: int = 0
     ae_unplanned_fixation: int = 0
     ae_pain_readmission: int = 0
     decisions: list[Decision] = field(default_factory=list)
-    timepoints: dict[tuple[str, str], str] = field(default_factory=dict)  # source key -> tp
+    timepoints: dict[tuple[str, str], Timepoint] = field(default_factory=dict)  # source -> tp

@@ -18,6 +18,7 @@ from fhir_spine.pathway.model import (
     is_placed,
 )
 from fhir_spine.pathway.time import OnDay, hours_apart
+from fhir_spine.pathway.vocabulary import TUMOUR_FINDINGS, Strategy
 
 BIOPSY = "vertebral-biopsy"
 STABILIZATION = "stabilization"
@@ -29,10 +30,7 @@ THERAPY_MODALITY = {
     "separation-surgery": "surgery",
 }
 MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
-NEOPLASTIC_FINDINGS = frozenset({
-    "secondary-malignancy", "tumour-haematological", "tumour-primary-bone",
-    "tumour-solid-metastasis", "tumour-other",
-})
+NEOPLASTIC_FINDINGS = frozenset({"secondary-malignancy", *TUMOUR_FINDINGS})
 NON_NEOPLASTIC = "histology-non-neoplastic"
 INSUFFICIENT = "histology-insufficient"
 
@@ -99,7 +97,7 @@ def find_biopsies(events: Sequence[ClinicalEvent], gap_hours: float) -> BiopsyFi
 @dataclass(frozen=True)
 class StabilizationFinding:
     event: PlacedEvent | None
-    strategy: str | None = None
+    strategy: Strategy | None = None
     basis: str | None = None
 
 

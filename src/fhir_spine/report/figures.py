@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fhir_spine.pathway.vocabulary import STRATEGIES  # noqa: E402
 from fhir_spine.report import stats as st  # noqa: E402
-from fhir_spine.report.data import GROUP_LABELS, STRATEGIES, Cohort  # noqa: E402
+from fhir_spine.report.data import GROUP_LABELS, Cohort  # noqa: E402
 from fhir_spine.report.tables import EXCLUSION_LABELS, PRO_MEASURES  # noqa: E402
 
 if TYPE_CHECKING:
