@@ -20,6 +20,7 @@ from fhir_spine.pathway.model import (
     is_placed,
 )
 from fhir_spine.pathway.timeline import (
+    INSUFFICIENT,
     THERAPY_MODALITY,
     BiopsyFindings,
     DiagnosisFinding,
@@ -110,7 +111,7 @@ def report_decision(r: PathologyReport, marks: Landmarks) -> Decision:
         return Decision(r.source, "pathology-report", True, "diagnosis available")
     if not r.countable:
         return Decision(r.source, "pathology-report", False, r.status_note)
-    if r.finding == "histology-insufficient":
+    if r.finding == INSUFFICIENT:
         return Decision(r.source, "pathology-report", has_index, "insufficient sample")
     if r.finding is None:
         return Decision(r.source, "pathology-report", False, "conclusion not coded or not mapped")

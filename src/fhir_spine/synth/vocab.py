@@ -315,7 +315,3 @@ PAIN_REASONS = (
     Code(SCT, "279039007", "Low back pain"),
     Code(LOCAL, "spinal-pain", "Spinal pain"),
 )
-OTHER_REASONS = (
-    Code(SCT, "386661006", "Fever"),
-    Code(SCT, "267036007", "Dyspnea"),
-)
