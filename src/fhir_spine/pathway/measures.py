@@ -26,7 +26,9 @@ def baseline(
         if not_after(m.effective, index_biopsy)
         and (index_biopsy.day - m.effective.day).days <= lookback_days
     ]
-    return max(candidates, key=lambda m: m.effective.sort_key(), default=None)
+    if not candidates:
+        return None
+    return max(candidates, key=lambda m: m.effective.sort_key())
 
 
 def at_diagnosis(

@@ -16,6 +16,7 @@ from datetime import date, timedelta
 
 from fhir_spine.pathway.vocabulary import (
     BASELINE_MEASURES,
+    EXCLUSION_REASONS,
     PRO_MEASURES,
     ExclusionReason,
 )
@@ -27,7 +28,6 @@ from fhir_spine.synth.model import (
     ReportPlan,
     When,
 )
-from fhir_spine.synth.targets import EXCLUSION_REASONS
 from fhir_spine.synth.vocab import DRUGS, SINS_COMPONENTS
 
 
