@@ -116,7 +116,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     stab = find_stabilization(index, inp.events, gap)
     diagnosis = find_diagnosis(index, inp.reports)
     therapy = find_definitive_therapy(index, inp.events, settings.therapy_modality_window_days)
-    _fill_timeline(result, stab, diagnosis, therapy)
+    _fill_timeline(result, index, stab, diagnosis, therapy)
 
     result.fixation_levels = len(set(stab.event.levels)) or None if stab.event else None
     result.involved_vertebrae = involved_vertebrae(inp.conditions, index_levels)
@@ -148,11 +148,10 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
 
 
 def _fill_timeline(
-    result: PatientResult, stab: StabilizationFinding, diagnosis: DiagnosisFinding,
-    therapy: TherapyFinding,
+    result: PatientResult, index: PlacedEvent, stab: StabilizationFinding,
+    diagnosis: DiagnosisFinding, therapy: TherapyFinding,
 ) -> None:
-    index_day = result.index_biopsy_date
-    assert index_day is not None
+    index_day = index.start.day
     if stab.event is not None:
         result.strategy, result.strategy_basis = stab.strategy, stab.basis
         result.stabilization_date = stab.event.start.day
