@@ -80,7 +80,7 @@ class FhirPathError(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
-class _RaisingErrorListener(ErrorListener):  # type: ignore[misc]
+class _RaisingErrorListener(ErrorListener):
     """ANTLR listener that turns the first syntax error into an exception."""
 
     def syntaxError(  # noqa: N802 - ANTLR callback name
