@@ -17,7 +17,8 @@ from fhir_spine.pathway.model import (
 )
 from fhir_spine.pipeline import Extraction
 
-_PANDAS_DTYPES = {"string": "string", "bool": "boolean", "int": "Int64", "float": "Float64"}
+_PANDAS_DTYPES: dict[str, Any] = {  # Any: pandas-stubs types astype by literal dtype name
+    "string": "string", "bool": "boolean", "int": "Int64", "float": "Float64"}
 
 
 @dataclass

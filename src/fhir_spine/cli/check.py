@@ -101,7 +101,8 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
 
     smart = _smart(client)
     out(f"SMART         {smart}")
-    rest = next((r for r in metadata.get("rest") or [] if r.get("mode") == "server"), {})
+    rest: dict[str, Any] = next(
+        (r for r in metadata.get("rest") or [] if r.get("mode") == "server"), {})
     out(f"$export       {_export_levels(rest)}")
     system_ops = {i.get("code") for i in rest.get("interaction") or []}
     out(f"transaction   {'yes' if 'transaction' in system_ops else 'not declared'} "

@@ -148,8 +148,9 @@ class Searcher:
         record = self.log.add(SearchRecord(
             resource_type, list(params), purpose,
             window=(window[0].strftime(INSTANT), window[1].strftime(INSTANT)) if window else None))
-        url: str | None = self.client.url(resource_type, query)
-        record.url = redact_url(url)
+        first_url = self.client.url(resource_type, query)
+        record.url = redact_url(first_url)
+        url: str | None = first_url
         visited: set[str] = set()
         pages_seen: dict[tuple[str, ...], str] = {}
         empty_run = 0
