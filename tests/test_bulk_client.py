@@ -20,12 +20,12 @@ import responses
 
 from fhir_spine.auth import BearerAuth
 from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import export_types
 from fhir_spine.sources.bulk import (
     BulkExporter,
     BulkRequest,
     JobState,
     count_lines,
-    export_types,
     pack_ids,
     parse_level,
 )

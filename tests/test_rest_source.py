@@ -20,6 +20,7 @@ import responses
 
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import reference_id
 from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem
 from fhir_spine.sources.http import FhirClient
@@ -30,7 +31,6 @@ from fhir_spine.sources.rest import (
     Searcher,
     index_code_tokens,
     read_patient_list,
-    reference_id,
     server_source,
 )
 

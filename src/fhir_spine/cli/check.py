@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.server_options import add_http_options
 from fhir_spine.errors import ExitCode, ServerError
+from fhir_spine.fhir import BY_ID_TYPES, pulled_types
 from fhir_spine.redact import redact_url
 
 if TYPE_CHECKING:
@@ -28,9 +29,6 @@ log = logging.getLogger(__name__)
 # Parameters every resource has by the FHIR specification; servers often leave them out
 # of the CapabilityStatement, so an undeclared one is assumed rather than failed.
 COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
-# Fetched by `_id` in the REST pull (sources.rest.BY_ID_TYPES; repeated here so that
-# registering this command does not load the HTTP stack).
-BY_ID_TYPES = ("Patient", "Medication")
 
 
 @dataclass
@@ -107,9 +105,7 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     out(f"transaction   {'yes' if 'transaction' in system_ops else 'not declared'} "
         "(used by `fhir-spine load`)")
 
-    types = ["Patient"] + sorted(t for t in mappings.views if t not in BY_ID_TYPES) \
-        + (["Medication"] if "Medication" in mappings.views else [])
-    checks = [_type_check(rest, t) for t in types]
+    checks = [_type_check(rest, t) for t in pulled_types(mappings)]
     out("")
     out(f"{'resource type':<26} {'search':<7} parameters")
     for c in checks:

@@ -17,15 +17,15 @@ from typing import Any
 from urllib.parse import urljoin
 
 from fhir_spine.errors import ServerError
+from fhir_spine.fhir import Key, instant, parse_instant, reference_id, reference_key
 from fhir_spine.redact import redact_url
-from fhir_spine.sources.bulk import instant, pack_ids, parse_instant
+from fhir_spine.sources.bulk import pack_ids
 from fhir_spine.sources.files import RawResource, SourceItem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher, reference_id
+from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 MAX_HISTORY_PAGES = 10_000
 
 
@@ -222,11 +222,9 @@ def _history_key(entry: dict[str, Any]) -> Key | None:
     if isinstance(resource, dict) and resource.get("resourceType") and resource.get("id"):
         return str(resource["resourceType"]), str(resource["id"])
     for candidate in ((entry.get("request") or {}).get("url"), entry.get("fullUrl")):
-        if not isinstance(candidate, str):
-            continue
-        parts = candidate.split("?")[0].split("/_history")[0].rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-1]:
-            return parts[-2], parts[-1]
+        key = reference_key(candidate)
+        if key is not None:
+            return key
     return None
 
 

@@ -52,16 +52,10 @@ from typing import Any
 
 from fhir_spine import __version__
 from fhir_spine.errors import ServerError
+from fhir_spine.fhir import export_types, instant, parse_instant
 from fhir_spine.outputs import publish, write_dataset
 from fhir_spine.settings import Mappings
-from fhir_spine.sources.bulk import (
-    BulkExporter,
-    BulkRequest,
-    BulkResult,
-    export_types,
-    instant,
-    parse_instant,
-)
+from fhir_spine.sources.bulk import BulkExporter, BulkRequest, BulkResult
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
 from fhir_spine.sources.http import FhirClient
 from fhir_spine.sources.rest import BY_ID_TYPES, RestOptions, RestSource, index_code_tokens

@@ -56,6 +56,7 @@ import orjson
 import requests
 
 from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import Key, export_types, medication_id, reference_key
 from fhir_spine.redact import redact_url, scrub
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.files import (
@@ -74,13 +75,7 @@ from fhir_spine.sources.http import (
     outcome_text,
     parse_retry_after,
 )
-from fhir_spine.sources.rest import (
-    MEDICATION_USERS,
-    QueryLog,
-    RestOptions,
-    Searcher,
-    reference_id,
-)
+from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +153,6 @@ def parse_level(text: str) -> tuple[str, str | None]:
             raise UsageError(f"--bulk {text!r}: {gid!r} is not a Group id")
         return "group", gid
     raise UsageError(f"--bulk {text!r}: expected system, patient or group:ID")
-
-
-def export_types(mappings: Mappings, level: str) -> tuple[str, ...]:
-    """The `_type` list: the types the views read. Patient-compartment exports (patient,
-    group) cannot carry Medication (HAPI refuses it: no patient search parameter), so at
-    those levels the referenced Medications are fetched by id afterwards."""
-    types = ["Patient"] + [t for t in sorted(mappings.views) if t not in ("Patient",
-                                                                          "Medication")]
-    if level == "system" and "Medication" in mappings.views:
-        types.append("Medication")
-    return tuple(types)
 
 
 # ------------------------------------------------------------------ job state
@@ -283,18 +267,6 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-def instant(moment: datetime) -> str:
-    """FHIR instant in UTC with milliseconds and `Z`: the one form every server compares
-    right (sekmet compares `_since` as text against `...SS.mmmZ`)."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------ the exporter
@@ -661,14 +633,10 @@ class BulkExporter:
         for item in iter_folder(files) if files.is_dir() else iter(()):
             if not isinstance(item, RawResource):
                 continue
-            rtype = item.resource.get("resourceType")
-            if rtype == "Medication":
+            if item.resource.get("resourceType") == "Medication":
                 have.add(str(item.resource.get("id") or ""))
-            elif rtype in MEDICATION_USERS:
-                mid = reference_id((item.resource.get("medicationReference") or {})
-                                   .get("reference"), "Medication")
-                if mid:
-                    wanted.add(mid)
+            elif mid := medication_id(item.resource):
+                wanted.add(mid)
         missing = sorted(wanted - have)
         lines: list[bytes] = []
         if missing:
@@ -787,9 +755,9 @@ def read_error_file(path: Path, name: str) -> tuple[list[ReadProblem], list[str]
     return problems, messages
 
 
-def read_deleted_file(path: Path, name: str) -> list[tuple[str, str]]:
+def read_deleted_file(path: Path, name: str) -> list[Key]:
     """A `deleted` file (Bulk v2 with `_since`): Bundles of `DELETE Type/id` entries."""
-    keys: list[tuple[str, str]] = []
+    keys: list[Key] = []
     for item in iter_ndjson_file(path, name, unpack=False):
         if not isinstance(item, RawResource):
             log.warning("deleted file: %s", item.message)
@@ -798,10 +766,9 @@ def read_deleted_file(path: Path, name: str) -> list[tuple[str, str]]:
             request = entry.get("request") if isinstance(entry, dict) else None
             if not isinstance(request, dict) or request.get("method") != "DELETE":
                 continue
-            parts = str(request.get("url") or "").split("?")[0].split("/_history")[0] \
-                .rstrip("/").split("/")
-            if len(parts) >= 2 and parts[-2] and parts[-1]:
-                keys.append((parts[-2], parts[-1]))
+            key = reference_key(str(request.get("url") or ""))
+            if key is not None:
+                keys.append(key)
     return keys
 
 

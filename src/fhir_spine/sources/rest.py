@@ -29,6 +29,18 @@ from typing import Any
 from urllib.parse import urljoin
 
 from fhir_spine.errors import ConfigError, IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import (
+    BY_ID_TYPES,
+    EPOCH,
+    instant,
+    medication_id,
+    parse_instant,
+    patient_types,
+    reference_id,
+)
+
+# Re-exported for refresh/units.py until it imports it from fhir_spine.fhir.
+from fhir_spine.fhir import MEDICATION_USERS as MEDICATION_USERS  # noqa: F401
 from fhir_spine.redact import redact_params, redact_url
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
@@ -37,12 +49,6 @@ from fhir_spine.sources.http import FhirClient, client_from_args, outcome_text
 log = logging.getLogger(__name__)
 
 INDEX_CONCEPT = "vertebral-biopsy"
-# Types fetched by id rather than by patient: the patient itself and the medications
-# that orders point to.
-BY_ID_TYPES = ("Patient", "Medication")
-MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-INSTANT = "%Y-%m-%dT%H:%M:%SZ"
 MAX_EMPTY_PAGES = 3
 # Keep each search URL well under the 8 KB that common proxies accept.
 MAX_CODES_PER_SEARCH = 20
@@ -143,11 +149,11 @@ class Searcher:
         """Every match (and `_include`d resource) of `resource_type?params`."""
         query = list(params) + [("_count", str(self.options.page_size))]
         if window is not None:
-            query += [("_lastUpdated", "ge" + window[0].strftime(INSTANT)),
-                      ("_lastUpdated", "lt" + window[1].strftime(INSTANT))]
+            query += [("_lastUpdated", "ge" + _whole(window[0])),
+                      ("_lastUpdated", "lt" + _whole(window[1]))]
         record = self.log.add(SearchRecord(
             resource_type, list(params), purpose,
-            window=(window[0].strftime(INSTANT), window[1].strftime(INSTANT)) if window else None))
+            window=(_whole(window[0]), _whole(window[1])) if window else None))
         url: str | None = self.client.url(resource_type, query)
         record.url = redact_url(url)
         visited: set[str] = set()
@@ -274,13 +280,13 @@ class Searcher:
             raise IncompletePull(
                 f"{what}: the server gives only {record.matches} of "
                 f"{record.total if record.total is not None else 'more'} results even for "
-                f"_lastUpdated {low.strftime(INSTANT)} .. {high.strftime(INSTANT)}; "
+                f"_lastUpdated {_whole(low)} .. {_whole(high)}; "
                 "lower --batch-size or raise the server's paging limit")
         middle = low + timedelta(seconds=int(span // 2))
         log.warning("%s: the server stopped after %d of %s results; searching again in "
                     "_lastUpdated windows %s .. %s .. %s", what, record.matches,
                     record.total if record.total is not None else "(cap reached)",
-                    low.strftime(INSTANT), middle.strftime(INSTANT), high.strftime(INSTANT))
+                    _whole(low), _whole(middle), _whole(high))
         yield from self.search(resource_type, params, purpose, (low, middle))
         yield from self.search(resource_type, params, purpose, (middle, high))
 
@@ -296,8 +302,7 @@ class Searcher:
             stamp = ((entries[0].get("resource") or {}).get("meta") or {}).get("lastUpdated") \
                 if entries else None
             if isinstance(stamp, str):
-                parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-                low = max(EPOCH, parsed.astimezone(UTC).replace(microsecond=0))
+                low = max(EPOCH, parse_instant(stamp).astimezone(UTC).replace(microsecond=0))
         except (ServerError, ValueError, AttributeError, TypeError) as exc:
             log.info("could not ask for the oldest %s (%s); windows start at 1970",
                      resource_type, exc)
@@ -352,18 +357,6 @@ def read_patient_list(path: Path) -> list[str]:
     return ids
 
 
-def reference_id(reference: Any, resource_type: str) -> str | None:
-    """The logical id in a `Type/id` or absolute reference to `resource_type`."""
-    if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
-        return None
-    parts = reference.split("?")[0].rstrip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
-        return parts[-1]
-    return None
-
-
 class RestSource:
     """The cohort pull: candidates -> per-patient searches -> medications.
 
@@ -382,7 +375,7 @@ class RestSource:
         self.query_log = QueryLog()
         self._stop = threading.Event()
         self.searcher = Searcher(client, self.options, self.query_log, self._stop)
-        self.types = tuple(t for t in sorted(mappings.views) if t not in BY_ID_TYPES)
+        self.types = patient_types(mappings)
         self._seen: set[tuple[str, str]] = set()
         self.duplicates = 0
         self.resources = 0
@@ -419,12 +412,8 @@ class RestSource:
                       for t in self.types for b in _batches(ids, self.options.batch_size)]
             medications: set[str] = set()
             for item in self._fetch(tasks):
-                if isinstance(item, RawResource) and \
-                        item.resource.get("resourceType") in MEDICATION_USERS:
-                    mid = reference_id((item.resource.get("medicationReference") or {})
-                                       .get("reference"), "Medication")
-                    if mid:
-                        medications.add(mid)
+                if isinstance(item, RawResource) and (mid := medication_id(item.resource)):
+                    medications.add(mid)
                 yield item
             wanted = sorted(m for m in medications if ("Medication", m) not in self._seen)
             med_tasks = [_Task("Medication", (("_id", ",".join(b)),), "medications",
@@ -539,6 +528,11 @@ class RestSource:
         self.query["includes"] = sum(r.includes for r in records)
         self.query["duplicates_skipped"] = self.duplicates
         self.query["requests"] = self.client.stats.as_dict()
+
+
+def _whole(moment: datetime) -> str:
+    """A `_lastUpdated` bound: an instant in whole seconds."""
+    return instant(moment, millis=False)
 
 
 def _batches(values: Sequence[str], size: int) -> list[list[str]]:
