@@ -59,6 +59,7 @@ from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
 from fhir_spine.fhir import Key, export_types, medication_id, reference_key
 from fhir_spine.redact import redact_url, scrub
 from fhir_spine.settings import Mappings
+from fhir_spine.sources.capabilities import read_capabilities
 from fhir_spine.sources.files import (
     RawResource,
     ReadProblem,
@@ -801,7 +802,7 @@ def bulk_source(args: argparse.Namespace, mappings: Mappings
 
     def items() -> Iterator[SourceItem]:
         try:
-            info["fhir_version"] = check_fhir_version(client)
+            info["fhir_version"] = read_capabilities(client).fhir_version
             result = exporter.run(request)
             query_log = QueryLog()
             if level != "system":
@@ -817,16 +818,3 @@ def bulk_source(args: argparse.Namespace, mappings: Mappings
             client.close()
 
     return items(), info
-
-
-def check_fhir_version(client: FhirClient) -> str:
-    """`GET metadata`: an R4 CapabilityStatement, else a clear error."""
-    metadata = client.fetch_json("metadata")
-    if metadata.get("resourceType") != "CapabilityStatement":
-        raise ServerError(f"GET {redact_url(client.url('metadata'))}: not a "
-                          "CapabilityStatement; is this a FHIR base URL?")
-    version = str(metadata.get("fhirVersion") or "")
-    if version and not version.startswith("4.0"):
-        raise ServerError(f"{redact_url(client.base_url)} speaks FHIR {version}; fhir-spine "
-                          "reads R4 (4.0.x)")
-    return version

@@ -43,6 +43,7 @@ from fhir_spine.fhir import (
 from fhir_spine.fhir import MEDICATION_USERS as MEDICATION_USERS  # noqa: F401
 from fhir_spine.redact import redact_params, redact_url
 from fhir_spine.settings import Mappings
+from fhir_spine.sources.capabilities import read_capabilities
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
 from fhir_spine.sources.http import FhirClient, client_from_args, outcome_text
 
@@ -399,7 +400,7 @@ class RestSource:
 
     def items(self) -> Iterator[SourceItem]:
         try:
-            self.info["fhir_version"] = self._fhir_version()
+            self.info["fhir_version"] = read_capabilities(self.client).fhir_version
             ids = self.patients if self.patients is not None else self._candidates()
             self.query["patients"] = len(ids)
             log.info("cohort: %d patients; fetching %s in batches of %d with %d workers",
@@ -428,17 +429,6 @@ class RestSource:
             self._finish()
 
     # ------------------------------------------------------------- phases
-
-    def _fhir_version(self) -> str:
-        metadata = self.client.fetch_json("metadata")
-        version = str(metadata.get("fhirVersion") or "")
-        if metadata.get("resourceType") != "CapabilityStatement":
-            raise ServerError(f"GET {redact_url(self.client.url('metadata'))}: not a "
-                              "CapabilityStatement; is this a FHIR base URL?")
-        if version and not version.startswith("4.0"):
-            raise ServerError(f"{redact_url(self.client.base_url)} speaks FHIR {version}; "
-                              "fhir-spine reads R4 (4.0.x)")
-        return version
 
     def _candidates(self) -> list[str]:
         tokens = index_code_tokens(self.mappings, self.options.index_concept)
