@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import hashlib
 import logging
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -69,9 +67,9 @@ from fhir_spine.sources.files import (
 )
 from fhir_spine.sources.http import (
     FHIR_JSON,
-    RETRY_STATUSES,
     FhirClient,
     client_from_args,
+    error_detail,
     one_line,
     outcome_text,
     parse_retry_after,
@@ -86,7 +84,6 @@ JOB_FORMAT = 1
 LEVELS = ("system", "patient", "group")
 # Longest gap between two status polls when the server gives no Retry-After.
 MAX_POLL_BACKOFF_S = 60.0
-CHUNK = 1 << 20
 # Ids per `Medication?_id=` search, packed by length to keep URLs well under 8 KB.
 MAX_ID_CHARS = 4000
 
@@ -378,7 +375,7 @@ class BulkExporter:
         response = self.client.request("GET", url, headers={
             "Accept": FHIR_JSON, "Prefer": "respond-async"})
         if response.status_code != 202:
-            detail = _outcome_of(response)
+            detail = error_detail(response)
             raise ServerError(f"{shown}: expected 202 Accepted for an async $export, got "
                               f"{response.status_code}" + (f": {detail}" if detail else "")
                               + "; does the server support Bulk Data export at this level?",
@@ -417,16 +414,16 @@ class BulkExporter:
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             elif status >= 500 and _is_transient(response):
                 log.warning("%s: %d with a transient OperationOutcome (%s); polling again",
-                            shown, status, _outcome_of(response))
+                            shown, status, error_detail(response))
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             elif status in (404, 410):
                 raise _Expired(f"{shown}: {status}: the server no longer knows this export")
             elif status in (401, 403):
-                raise AuthError(scrub(f"{shown}: {status} {_outcome_of(response)}".strip()))
+                raise AuthError(scrub(f"{shown}: {status} {error_detail(response)}".strip()))
             else:
                 self.job.state = "failed"
                 self.save()
-                detail = _outcome_of(response)
+                detail = error_detail(response)
                 raise ServerError(scrub(f"{shown}: the export failed: {status}"
                                         + (f": {detail}" if detail else "")), status=status)
             if wait is None:
@@ -496,85 +493,23 @@ class BulkExporter:
 
     def _download(self, url: str, folder: Path, stem: str,
                   authenticated: bool) -> tuple[Path, int, str]:
-        """Stream one file to `folder/stem.ndjson[.gz]`; retried like every request.
-
-        `FhirClient.request` reads a whole body into memory, which an export file of
-        gigabytes must not be, so this streams with the client's session, settings,
-        credentials and request counts, and the same retry rules (429/502/503/504 and
-        dropped connections, `Retry-After` obeyed, bounded by --retry-time)."""
+        """One file to `folder/stem.ndjson[.gz]`, streamed and retried like every request
+        (`FhirClient.download`); its size and sha256."""
         client = self.client
-        shown = f"GET {redact_url(url)}"
         if authenticated and client.auth.kind != "none" and not client.same_origin(url):
             raise ServerError(f"{redact_url(url)} is not on the server "
                               f"{redact_url(client.base_url)}; refusing to send the access "
                               "token to another host")
-        part = folder / f".{stem}.part"
-        started = self._clock()
-        attempt = 0
-        renewed = False
-        while True:
-            attempt += 1
-            headers = {"Accept": NDJSON}
-            if authenticated and client.auth.kind != "none":
-                headers.update(client.auth.headers(client))
-            retry_after: float | None = None
-            reason = ""
-            try:
-                with client.session.get(url, headers=headers, stream=True,
-                                        timeout=(client.settings.connect_timeout,
-                                                 client.settings.read_timeout),
-                                        verify=client.settings.verify) as response:
-                    status = response.status_code
-                    if status == 401 and authenticated and not renewed \
-                            and client.auth.kind != "none" \
-                            and client.auth.on_unauthorized(client, headers):
-                        client.stats.record("GET", status, 0)
-                        renewed = True
-                        continue
-                    if status in RETRY_STATUSES:
-                        client.stats.record("GET", status, 0)
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        reason = f"{status} {response.reason or ''}".strip()
-                    elif status >= 400:
-                        client.stats.record("GET", status, len(response.content))
-                        detail = _outcome_of(response)
-                        text = scrub(f"{shown}: {status} {response.reason or ''}".rstrip()
-                                     + (f": {detail}" if detail else ""))
-                        if status in (401, 403):
-                            raise AuthError(text)
-                        if status in (404, 410):
-                            raise _Expired(text + " (the export's files are gone)")
-                        raise ServerError(text, status=status)
-                    else:
-                        if "html" in response.headers.get("Content-Type", "").lower():
-                            client.stats.record("GET", status, 0)
-                            raise ServerError(f"{shown}: answered with an HTML page instead "
-                                              "of NDJSON")
-                        size, digest, gz = _stream_to(response, part)
-                        client.stats.record("GET", status, size)
-                        final = folder / f"{stem}.ndjson{'.gz' if gz else ''}"
-                        os.replace(part, final)
-                        return final, size, digest
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
-                client.stats.record("GET", "no-answer", 0)
-                reason = f"connection failed: {type(exc).__name__}"
-            with contextlib.suppress(OSError):
-                part.unlink()
-            spent = self._clock() - started
-            if retry_after is not None:
-                wait = retry_after
-            else:
-                ceiling = min(client.settings.backoff_max,
-                              client.settings.backoff_base * 2 ** (attempt - 1))
-                wait = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter
-            if attempt >= client.settings.max_attempts \
-                    or spent + wait > client.settings.retry_time:
-                raise ServerError(scrub(f"{shown}: {reason} (after {attempt} attempts over "
-                                        f"{spent:.0f} s)"))
-            client.stats.retried()
-            log.warning("%s: %s; retrying in %.1f s", shown, reason, wait)
-            self._sleep(wait)
+        try:
+            got = client.download(url, folder / f".{stem}.part", accept=NDJSON,
+                                  authenticated=authenticated)
+        except ServerError as exc:
+            if exc.status in (404, 410):
+                raise _Expired(f"{exc} (the export's files are gone)") from None
+            raise
+        final = folder / f"{stem}.ndjson{'.gz' if got.gzip else ''}"
+        os.replace(got.path, final)
+        return final, got.size, got.sha256
 
     def _delete_on_server(self, status_url: str) -> None:
         """`DELETE` the status URL: the server may free the files. Best effort: a server
@@ -591,7 +526,7 @@ class BulkExporter:
             # HAPI 8.8 answers 404 for a completed job ("already cancelled or has
             # completed. Nothing to do."): it keeps the files until its own expiry.
             log.info("export job not deletable on the server (%d: %s)", response.status_code,
-                     _outcome_of(response) or "gone")
+                     error_detail(response) or "gone")
         else:
             log.warning("DELETE %s answered %d; the server keeps the export files",
                         redact_url(status_url), response.status_code)
@@ -667,26 +602,6 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "file"
 
 
-def _stream_to(response: requests.Response, part: Path) -> tuple[int, str, bool]:
-    """Body to `part` (Content-Encoding undone by requests); size, sha256, is-gzip."""
-    digest = hashlib.sha256()
-    size = 0
-    head = b""
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        for chunk in response.iter_content(CHUNK):
-            if not chunk:
-                continue
-            if len(head) < 2:
-                head += chunk[:2]
-            handle.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return size, digest.hexdigest(), head[:2] == b"\x1f\x8b"
-
-
 def count_lines(path: Path) -> int:
     """Non-blank lines (resources) of an NDJSON file, gzip or not."""
     opener = gzip.open if path.name.endswith(".gz") else open
@@ -708,16 +623,6 @@ def pack_ids(ids: Sequence[str], limit: int = MAX_ID_CHARS) -> list[list[str]]:
     if current:
         batches.append(current)
     return batches
-
-
-def _outcome_of(response: requests.Response) -> str:
-    try:
-        body = orjson.loads(response.content or b"")
-    except orjson.JSONDecodeError:
-        text = (response.content or b"")[:300].decode("utf-8", "replace")
-        return one_line(text, 200) if text.strip() and not text.lstrip().startswith("<") \
-            else ""
-    return outcome_text(body)
 
 
 def _is_transient(response: requests.Response) -> bool:
