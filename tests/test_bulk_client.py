@@ -26,11 +26,11 @@ from fhir_spine.sources.bulk import (
     BulkRequest,
     JobState,
     count_lines,
-    pack_ids,
     parse_level,
 )
 from fhir_spine.sources.files import RawResource, ReadProblem
 from fhir_spine.sources.http import FhirClient, HttpSettings
+from fhir_spine.sources.search import pack_ids
 
 BASE = "https://ehr.example.org/fhir"
 STATUS = f"{BASE}/bulkstatus/job-1"

@@ -25,14 +25,12 @@ from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem
 from fhir_spine.sources.http import FhirClient
 from fhir_spine.sources.rest import (
-    QueryLog,
-    RestOptions,
     RestSource,
-    Searcher,
     index_code_tokens,
     read_patient_list,
     server_source,
 )
+from fhir_spine.sources.search import QueryLog, RestOptions, Searcher
 
 BASE = "https://ehr.example.org/fhir"
 LOCAL = "http://fhir-spine.org/fhir/CodeSystem/spine-pathway"

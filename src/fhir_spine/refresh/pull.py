@@ -18,10 +18,9 @@ from urllib.parse import urljoin
 from fhir_spine.errors import ServerError
 from fhir_spine.fhir import Key, instant, parse_instant, reference_id, reference_key
 from fhir_spine.redact import redact_url
-from fhir_spine.sources.bulk import pack_ids
 from fhir_spine.sources.files import RawResource, SourceItem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher
+from fhir_spine.sources.search import QueryLog, RestOptions, Searcher, pack_ids
 
 log = logging.getLogger(__name__)
 

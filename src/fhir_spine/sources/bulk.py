@@ -44,7 +44,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,7 +74,7 @@ from fhir_spine.sources.http import (
     outcome_text,
     parse_retry_after,
 )
-from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher
+from fhir_spine.sources.search import QueryLog, RestOptions, Searcher, pack_ids
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,6 @@ JOB_FORMAT = 1
 LEVELS = ("system", "patient", "group")
 # Longest gap between two status polls when the server gives no Retry-After.
 MAX_POLL_BACKOFF_S = 60.0
-# Ids per `Medication?_id=` search, packed by length to keep URLs well under 8 KB.
-MAX_ID_CHARS = 4000
 
 
 # ------------------------------------------------------------------ request
@@ -607,22 +605,6 @@ def count_lines(path: Path) -> int:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as handle:
         return sum(1 for line in handle if line.strip())
-
-
-def pack_ids(ids: Sequence[str], limit: int = MAX_ID_CHARS) -> list[list[str]]:
-    """Ids in batches whose comma-joined length stays under `limit` characters."""
-    batches: list[list[str]] = []
-    current: list[str] = []
-    length = 0
-    for value in ids:
-        if current and length + len(value) + 1 > limit:
-            batches.append(current)
-            current, length = [], 0
-        current.append(value)
-        length += len(value) + 1
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _is_transient(response: requests.Response) -> bool:
