@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from fhir_spine.cli.server_options import client_from_args
     from fhir_spine.settings import load_mappings
-    from fhir_spine.sources.http import client_from_args
 
     mappings = load_mappings(args.mappings)
     client = client_from_args(args)

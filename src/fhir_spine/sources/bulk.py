@@ -37,7 +37,6 @@ data is missing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip
 import logging
@@ -54,10 +53,8 @@ import orjson
 import requests
 
 from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
-from fhir_spine.fhir import Key, export_types, medication_id, reference_key
+from fhir_spine.fhir import Key, medication_id, reference_key
 from fhir_spine.redact import redact_url, scrub
-from fhir_spine.settings import Mappings
-from fhir_spine.sources.capabilities import read_capabilities
 from fhir_spine.sources.files import (
     RawResource,
     ReadProblem,
@@ -68,7 +65,6 @@ from fhir_spine.sources.files import (
 from fhir_spine.sources.http import (
     FHIR_JSON,
     FhirClient,
-    client_from_args,
     error_detail,
     one_line,
     outcome_text,
@@ -658,50 +654,3 @@ def read_deleted_file(path: Path, name: str) -> list[Key]:
             if key is not None:
                 keys.append(key)
     return keys
-
-
-# ------------------------------------------------------------------ command line
-
-def bulk_source(args: argparse.Namespace, mappings: Mappings
-                ) -> tuple[Iterator[SourceItem], dict[str, Any]]:
-    """Items of a `$export` (`extract --server URL --bulk LEVEL`) and the manifest's
-    `source` / `fhir_version` / `query` info, filled while the items are read."""
-    if not getattr(args, "server", None):
-        raise UsageError("--bulk needs --server URL")
-    level, group_id = parse_level(args.bulk)
-    if getattr(args, "patients", None) is not None:
-        raise UsageError("--patients is for REST pulls; with --bulk export a Group of "
-                         "those patients (--bulk group:ID)")
-    if args.export_timeout <= 0:
-        raise UsageError("--export-timeout must be > 0")
-    request = BulkRequest(level, group_id, export_types(mappings, level),
-                          type_filters=tuple(args.type_filter or ()))
-    out = Path(getattr(args, "out", None) or "fhir-spine-out")
-    job_dir = args.bulk_dir or out.with_name(out.name + ".bulk")
-    client = client_from_args(args)
-    exporter = BulkExporter(client, job_dir, timeout=args.export_timeout)
-    query: dict[str, Any] = {"kind": "bulk-export", "complete": False}
-    info: dict[str, Any] = {
-        "source": {"kind": "server", "location": redact_url(client.base_url),
-                   "auth": client.auth.kind},
-        "fhir_version": "", "query": query,
-    }
-
-    def items() -> Iterator[SourceItem]:
-        try:
-            info["fhir_version"] = read_capabilities(client).fhir_version
-            result = exporter.run(request)
-            query_log = QueryLog()
-            if level != "system":
-                exporter.fetch_medications(query_log=query_log)
-            query.update(result.summary())
-            if query_log.records:
-                query["searches"] = query_log.as_list()
-            yield from result.items()
-            exporter.mark_consumed()
-            query["complete"] = True
-        finally:
-            query["requests"] = client.stats.as_dict()
-            client.close()
-
-    return items(), info

@@ -16,7 +16,6 @@ renewal, the error messages) is kept in one place for every request fhir-spine s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import email.utils
 import hashlib
@@ -29,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -40,9 +39,9 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from fhir_spine import __version__
-from fhir_spine.auth import Auth, auth_from_args
+from fhir_spine.auth import Auth
 from fhir_spine.errors import AuthError, ServerError, ServerUnreachable, UsageError
-from fhir_spine.redact import install_log_redaction, redact_url, scrub
+from fhir_spine.redact import redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -522,28 +521,3 @@ def _stream_to(response: requests.Response, path: Path) -> Download:
         handle.flush()
         os.fsync(handle.fileno())
     return Download(path, size, digest.hexdigest(), head[:2] == b"\x1f\x8b")
-
-
-# ------------------------------------------------------------------- command line
-
-def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
-    if args.ca_bundle is not None and args.insecure:
-        raise UsageError("--ca-bundle and --insecure contradict each other")
-    verify: bool | str = True
-    if args.ca_bundle is not None:
-        if not args.ca_bundle.is_file():
-            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
-        verify = str(args.ca_bundle)
-    elif args.insecure:
-        verify = False
-    if args.timeout <= 0 or args.retry_time < 0:
-        raise UsageError("--timeout must be > 0 and --retry-time >= 0")
-    auth = auth_from_args(args)
-    install_log_redaction()
-    settings = HttpSettings(read_timeout=args.timeout, retry_time=args.retry_time,
-                            verify=verify, pool_size=max(10, workers * 2))
-    return FhirClient(args.server, auth=auth, settings=settings)
-
-
-def now_instant() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

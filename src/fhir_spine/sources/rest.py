@@ -11,7 +11,6 @@ dataset says exactly which queries made it; paging, loop guards and cap windows 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from collections import deque
@@ -30,7 +29,7 @@ from fhir_spine.redact import redact_url
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.capabilities import read_capabilities
 from fhir_spine.sources.files import RawResource, SourceItem
-from fhir_spine.sources.http import FhirClient, client_from_args
+from fhir_spine.sources.http import FhirClient
 from fhir_spine.sources.search import QueryLog, RestOptions, Searcher
 
 log = logging.getLogger(__name__)
@@ -266,34 +265,3 @@ def _batches(values: Sequence[str], size: int) -> list[list[str]]:
 
 def _span(batch: Sequence[str], ids: Sequence[str]) -> str:
     return f"{len(batch)} of {len(ids)} ids starting {batch[0]}" if batch else "none"
-
-
-# ------------------------------------------------------------------- command line
-
-def server_source(args: argparse.Namespace, mappings: Mappings | None = None
-                  ) -> tuple[Iterator[SourceItem], dict[str, Any]]:
-    """Items from `--server` and the manifest's `source` / `fhir_version` / `query` info.
-
-    The info dict is filled while the items are consumed: read it after the stream ends.
-    """
-    for name in ("workers", "batch_size", "page_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if mappings is None:
-        from fhir_spine.settings import load_mappings
-
-        mappings = load_mappings(getattr(args, "mappings", None))
-    patients = read_patient_list(args.patients) if args.patients is not None else None
-    options = RestOptions(page_size=args.page_size, batch_size=args.batch_size,
-                          workers=args.workers, cap=args.search_cap or None)
-    client = client_from_args(args, workers=args.workers)
-    source = RestSource(client, mappings, options=options, patients=patients,
-                        patients_file=args.patients)
-
-    def items() -> Iterator[SourceItem]:
-        try:
-            yield from source.items()
-        finally:
-            client.close()
-
-    return items(), source.info
