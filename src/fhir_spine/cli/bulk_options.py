@@ -1,7 +1,7 @@
 """Command-line options of Bulk Data export (`extract --bulk`, `refresh --bulk`) and the
 `extract --bulk` source built from them.
 
-Kept apart from `sources/bulk.py` for the same reason as `server_options.py`: every
+Kept apart from `sources/bulk/` for the same reason as `server_options.py`: every
 `fhir-spine` invocation registers all subcommands, and the HTTP stack should load only
 when a command talks to a server.
 """
