@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
     if source is None:  # info is filled while the items are read
-        from fhir_spine.sources.bulk import bulk_source
-        from fhir_spine.sources.rest import server_source
+        from fhir_spine.cli.bulk_options import bulk_source
+        from fhir_spine.cli.server_options import server_source
 
         items, info = (bulk_source if args.bulk else server_source)(args, mappings)
     else:
