@@ -60,7 +60,7 @@ class ViewColumn:
 
     @property
     def expects(self) -> str:
-        kind = " or ".join(sorted(self.types))
+        kind = f"one of {', '.join(sorted(self.types))}"
         return f"{kind}{', collection: true' if self.collection else ''}"
 
 
