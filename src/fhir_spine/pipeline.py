@@ -110,8 +110,11 @@ def extract(
             progress(1)
         reader.read(item)
 
+    # Rows are handled in id order, not reading order, so that what the pathway sees (and
+    # the order of its decisions) depends on the resources, not on how a source or a
+    # refresh's store happened to list them.
     normalised = normalise(
-        {rtype: [row for rows in by_id.values() for row in rows]
+        {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
          for rtype, by_id in reader.rows.items()},
         mappings.concepts, mappings.settings)
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
