@@ -33,7 +33,7 @@ from fhir_spine.errors import ExitCode, SpineError
 from fhir_spine.normalise import CodeCount
 from fhir_spine.pipeline import Accounting, Extraction, unreferenced_medications
 from fhir_spine.settings import Mappings
-from fhir_spine.tables import Record, Rows, Tables, issue_row, rows_of, to_tables
+from fhir_spine.tables import Rows, Tables, issue_row, rows_of, to_tables
 
 # Bump when the stored form of a part changes: refresh then recomputes every part.
 PART_FORMAT = 2
@@ -191,5 +191,5 @@ def issue_counts(tables: Tables) -> dict[str, int]:
     return {str(k): int(v) for k, v in tables.issues["severity"].value_counts().items()}
 
 
-__all__ = ["AccountingError", "Dataset", "Part", "Record", "build_dataset",
+__all__ = ["AccountingError", "Dataset", "Part", "build_dataset",
            "check_accounting", "issue_counts", "manifest", "part_of"]

@@ -554,7 +554,12 @@ class Refresh:
         report.units_recomputed = len(todo)
         all_units = store.unit_names()
         report.units_carried_over = len(all_units - todo - {RUN})
-        assembled = assemble(Part.from_json(body) for _, body in store.unit_rows())
+        try:
+            parts = [Part.from_json(body) for _, body in store.unit_rows()]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"the store's per-patient rows are unreadable ({exc}); run "
+                             "with --full to rebuild them") from None
+        assembled = assemble(parts)
         report.recompute_seconds = time.monotonic() - started
         event(f"pulled {report.fetched} resources ({report.added} added, {report.updated} "
               f"updated, {report.deleted} deleted, {report.unchanged} unchanged); "
