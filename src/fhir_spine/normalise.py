@@ -70,8 +70,8 @@ class CodeTally:
                 if match is not None:
                     self.concepts[key] = match.concept
 
-
     def counts(self) -> tuple[CodeCount, ...]:
+        """An immutable copy, in first-seen order (the `codes` table sorts it)."""
         return tuple(
             CodeCount(k, n, frozenset(self.patients.get(k, ())),
                       dict(sorted(self.displays.get(k, Counter()).items())),
