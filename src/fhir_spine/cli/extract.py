@@ -7,7 +7,6 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fhir_spine import __version__
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode
@@ -84,10 +83,10 @@ def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
+    from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_target, publish, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.summary import summary_lines
-    from fhir_spine.tables import build_tables
 
     started = datetime.now(UTC)
     key = pseudonym_key(args)
@@ -110,31 +109,20 @@ def run(args: argparse.Namespace) -> int:
         extraction = extract(items, mappings, validation=args.validation, progress=tick)
     if source is not None:  # a Bulk Data export folder: its transactionTime, its log
         info["query"].update(files.query_info())
-    tables = build_tables(extraction)
-    severities = tables.issues["severity"].value_counts().to_dict()
-    acc = extraction.accounting
-    manifest = {
-        "schema_version": 1, "tool": "fhir-spine", "tool_version": __version__,
-        "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-        "source": info["source"], "fhir_version": info["fhir_version"] or "4.0.1",
-        "query": info["query"],
-        "settings": {k: sorted(v) if isinstance(v, frozenset) else v
-                     for k, v in vars(mappings.settings).items()},
-        "resources_read": dict(sorted(extraction.read_by_type.items())),
-        "accounting": {"read": acc.read, "used": acc.used, "set_aside": acc.set_aside,
-                       "unaccounted": len(acc.unaccounted), "balanced": acc.balanced},
-        "issues": {k: int(v) for k, v in severities.items()},
-        "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
-        "validation": args.validation,
-        "warnings": [] if acc.balanced else ["accounting does not balance: see log"],
-    }
+    dataset = build_dataset([part_of(extraction)])  # exit 70 unless accounting balances
+    tables = dataset.tables
+    meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
+                    fhir_version=info["fhir_version"], query=info["query"], started=started,
+                    finished=datetime.now(UTC))
     if key is not None:
         from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
 
-        manifest = pseudonymise_manifest(manifest, tables, key, args.date_shift_days)
+        meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
         tables = pseudonymise_tables(tables, key, args.date_shift_days)
-    publish(args.out, lambda folder: write_dataset(tables, manifest, folder,
+    publish(args.out, lambda folder: write_dataset(tables, meta, folder,
                                                    csv=not args.no_csv))
+    severities = issue_counts(tables)
+    acc = dataset.accounting
     for line in summary_lines(tables.patients):
         print(line)
     print(f"resources read {acc.read}: used {acc.used}, set aside {acc.set_aside}; "
