@@ -121,11 +121,12 @@ def test_site_map_extends_or_replaces_and_is_checked(tmp_path):
 
 
 def test_rest_pull_skips_questionnaire_responses_a_server_does_not_offer():
-    from fhir_spine.sources.rest import optional_types_not_offered
+    from fhir_spine.fhir import optional_types_not_offered
+    from fhir_spine.sources.capabilities import Capabilities, parse_capabilities
 
-    def statement(*resources: dict) -> dict:
-        return {"resourceType": "CapabilityStatement",
-                "rest": [{"mode": "server", "resource": list(resources)}]}
+    def statement(*resources: dict) -> Capabilities:
+        return parse_capabilities({"resourceType": "CapabilityStatement",
+                                   "rest": [{"mode": "server", "resource": list(resources)}]})
 
     types = ("Observation", "Procedure", "QuestionnaireResponse")
     procedure = {"type": "Procedure", "searchParam": [{"name": "patient"}]}

@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fhir_spine.pathway.model import ClinicalEvent, ConditionRecord, PathologyReport
-from fhir_spine.pathway.time import When, hours_apart
+from fhir_spine.pathway.model import (
+    ClinicalEvent,
+    ConditionRecord,
+    IssuedReport,
+    PathologyReport,
+    PlacedEvent,
+    is_issued,
+    is_placed,
+)
+from fhir_spine.pathway.time import OnDay, hours_apart
+from fhir_spine.pathway.vocabulary import TUMOUR_FINDINGS, Strategy
 
 BIOPSY = "vertebral-biopsy"
 STABILIZATION = "stabilization"
@@ -23,22 +32,19 @@ THERAPY_MODALITY = {
     "cancer-related-surgery": "surgery",
 }
 MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
-NEOPLASTIC_FINDINGS = frozenset({
-    "secondary-malignancy", "tumour-haematological", "tumour-primary-bone",
-    "tumour-solid-metastasis", "tumour-other",
-})
+NEOPLASTIC_FINDINGS = frozenset({"secondary-malignancy", *TUMOUR_FINDINGS})
 NON_NEOPLASTIC = "histology-non-neoplastic"
 INSUFFICIENT = "histology-insufficient"
 
 
-def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[ClinicalEvent]:
+def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[PlacedEvent]:
     """Countable events of a concept that sit on a calendar day, in time order."""
     concepts = {concept} if isinstance(concept, str) else set(concept)
-    found = [e for e in events if e.concept in concepts and e.countable and e.placed]
-    return sorted(found, key=lambda e: e.start.sort_key())  # type: ignore[union-attr]
+    found = [e for e in events if is_placed(e) and e.concept in concepts and e.countable]
+    return sorted(found, key=lambda e: e.start.sort_key())
 
 
-def after(event_start: When, anchor: When) -> bool:
+def after(event_start: OnDay, anchor: OnDay) -> bool:
     return event_start.sort_key() > anchor.sort_key()
 
 
@@ -74,9 +80,9 @@ def _periods_overlap(a: ClinicalEvent, b: ClinicalEvent) -> bool:
 
 @dataclass(frozen=True)
 class BiopsyFindings:
-    index: ClinicalEvent | None
-    same_session: tuple[ClinicalEvent, ...] = ()   # duplicate records of the index session
-    repeats: tuple[ClinicalEvent, ...] = ()        # later sessions
+    index: PlacedEvent | None
+    same_session: tuple[PlacedEvent, ...] = ()   # duplicate records of the index session
+    repeats: tuple[PlacedEvent, ...] = ()        # later sessions
 
 
 def find_biopsies(events: Sequence[ClinicalEvent], gap_hours: float) -> BiopsyFindings:
@@ -92,13 +98,13 @@ def find_biopsies(events: Sequence[ClinicalEvent], gap_hours: float) -> BiopsyFi
 
 @dataclass(frozen=True)
 class StabilizationFinding:
-    event: ClinicalEvent | None
-    strategy: str | None = None
+    event: PlacedEvent | None
+    strategy: Strategy | None = None
     basis: str | None = None
 
 
 def find_stabilization(
-    index: ClinicalEvent, events: Sequence[ClinicalEvent], gap_hours: float
+    index: PlacedEvent, events: Sequence[ClinicalEvent], gap_hours: float
 ) -> StabilizationFinding:
     """Single-stage when a stabilization shares the index biopsy's session (even if it was
     recorded a little before it); otherwise the first stabilization after the biopsy."""
@@ -107,25 +113,20 @@ def find_stabilization(
         basis = same_session(index, stab, gap_hours)
         if basis:
             return StabilizationFinding(stab, "single-stage", basis)
-    assert index.start is not None
     for stab in candidates:
-        if after(stab.start, index.start):  # type: ignore[arg-type]
+        if after(stab.start, index.start):
             return StabilizationFinding(stab, "staged", "separate-session")
     return StabilizationFinding(None)
 
 
 @dataclass(frozen=True)
 class DiagnosisFinding:
-    report: PathologyReport | None
+    report: IssuedReport | None
     histology: str | None = None  # "neoplastic", "non-neoplastic" or None (unconfirmed)
     basis: str | None = None      # "coded", "narrative" or "condition"
 
 
-def report_usable(report: PathologyReport) -> bool:
-    return report.countable and report.issued is not None and report.issued.is_day_precise
-
-
-def find_diagnosis(index: ClinicalEvent, reports: Sequence[PathologyReport],
+def find_diagnosis(index: PlacedEvent, reports: Sequence[PathologyReport],
                    conditions: Sequence[ConditionRecord] = ()) -> DiagnosisFinding:
     """The first conclusive pathology report issued on or after the index biopsy day.
 
@@ -136,24 +137,22 @@ def find_diagnosis(index: ClinicalEvent, reports: Sequence[PathologyReport],
     neoplastic Condition at an index level, or first recorded on/after the biopsy day
     (issue 11, item 5; README "Decisions recorded here").
     """
-    assert index.start is not None and index.start.day is not None
     after_index = [r for r in reports
-                   if report_usable(r) and r.issued.day >= index.start.day]  # type: ignore[union-attr,operator]
+                   if is_issued(r) and r.countable and r.issued.day >= index.start.day]
     conclusive = [r for r in after_index
                   if r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC]
     if not conclusive:
         unread = [r for r in after_index if r.finding is None]
         if unread and _supporting_condition(index, conditions):
-            first = min(unread, key=lambda r: r.issued.sort_key())  # type: ignore[union-attr]
+            first = min(unread, key=lambda r: r.issued.sort_key())
             return DiagnosisFinding(first, "neoplastic", "condition")
         return DiagnosisFinding(None)
-    first = min(conclusive, key=lambda r: r.issued.sort_key())  # type: ignore[union-attr]
+    first = min(conclusive, key=lambda r: r.issued.sort_key())
     histology = "non-neoplastic" if first.finding == NON_NEOPLASTIC else "neoplastic"
     return DiagnosisFinding(first, histology, first.basis or "coded")
 
 
-def _supporting_condition(index: ClinicalEvent, conditions: Sequence[ConditionRecord]) -> bool:
-    assert index.start is not None and index.start.day is not None
+def _supporting_condition(index: PlacedEvent, conditions: Sequence[ConditionRecord]) -> bool:
     for c in conditions:
         if not c.countable or c.finding not in NEOPLASTIC_FINDINGS:
             continue
@@ -166,25 +165,22 @@ def _supporting_condition(index: ClinicalEvent, conditions: Sequence[ConditionRe
 
 @dataclass(frozen=True)
 class TherapyFinding:
-    first: ClinicalEvent | None
+    first: PlacedEvent | None
     modalities: tuple[str, ...] = ()
-    within_window: tuple[ClinicalEvent, ...] = ()
+    within_window: tuple[PlacedEvent, ...] = ()
 
 
 def find_definitive_therapy(
-    index: ClinicalEvent, events: Sequence[ClinicalEvent], window_days: int
+    index: PlacedEvent, events: Sequence[ClinicalEvent], window_days: int
 ) -> TherapyFinding:
     """First definitive therapy after the index biopsy, and every modality starting
     within `window_days` of it."""
-    assert index.start is not None
-    after_index = [e for e in usable(events, THERAPY_MODALITY) if after(e.start, index.start)]  # type: ignore[arg-type]
+    after_index = [e for e in usable(events, THERAPY_MODALITY) if after(e.start, index.start)]
     if not after_index:
         return TherapyFinding(None)
     first = after_index[0]
-    assert first.start is not None and first.start.day is not None
     window = tuple(
-        e for e in after_index
-        if (e.start.day - first.start.day).days <= window_days  # type: ignore[union-attr,operator]
+        e for e in after_index if (e.start.day - first.start.day).days <= window_days
     )
     present = {THERAPY_MODALITY[e.concept] for e in window}
     return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window)
