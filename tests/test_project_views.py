@@ -40,6 +40,7 @@ COLUMNS: dict[str, list[str]] = {
         "category_codings",
         "status_reason_codings",
         "reason_codings",
+        "date_extensions",
     ],
     "Observation": [
         *COMMON,
@@ -82,6 +83,7 @@ COLUMNS: dict[str, list[str]] = {
         "status_reason_codings",
         "encounter_ref",
         "category_codings",
+        "date_extensions",
     ],
     "MedicationAdministration": [
         *COMMON,
@@ -90,8 +92,22 @@ COLUMNS: dict[str, list[str]] = {
         "effective_period_end",
         "medication_codings",
         "medication_ref",
+        "medication_reference",
         "request_ref",
         "context_ref",
+        "date_extensions",
+    ],
+    "MedicationStatement": [
+        *COMMON,
+        "effective_datetime",
+        "effective_period_start",
+        "effective_period_end",
+        "medication_codings",
+        "medication_ref",
+        "medication_reference",
+        "date_asserted",
+        "context_ref",
+        "date_extensions",
     ],
     "Encounter": [
         *COMMON,
@@ -116,7 +132,7 @@ COLUMNS: dict[str, list[str]] = {
         "body_site_codings",
         "encounter_ref",
     ],
-    "Medication": ["id", "codings"],
+    "Medication": ["id", "codings", "ingredient_codings"],
 }
 COLLECTIONS = {
     "codings",
@@ -138,6 +154,8 @@ COLLECTIONS = {
     "hospitalization_admit_source_codings",
     "clinical_status_codes",
     "verification_status_codes",
+    "ingredient_codings",
+    "date_extensions",
 }
 
 SCT = "http://snomed.info/sct"

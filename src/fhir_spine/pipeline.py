@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_spine.contained import contained_rows
 from fhir_spine.issues import Issue
 from fhir_spine.normalise import Normaliser
 from fhir_spine.pathway.classify import reconstruct
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 # Order matters: patients and medications first, so references to them resolve.
 NORMALISE_ORDER = (
     "Patient", "Medication", "Procedure", "MedicationRequest", "MedicationAdministration",
-    "DiagnosticReport", "Condition", "Encounter", "Observation",
+    "MedicationStatement", "DiagnosticReport", "Condition", "Encounter", "Observation",
 )
 
 
@@ -93,6 +94,7 @@ def extract(
             inp.measurements = bundle.measurements
         inputs[pid] = inp
         results.append(reconstruct(inp, mappings.settings))
+        norm.note_age(results[-1])
 
     _account(rows, norm, results, accounting)
     return Extraction(results, inputs, norm, read_by_type, accounting)
@@ -139,6 +141,8 @@ def _read_resource(
         return
     row = dict(view_rows[0])
     row["_origin"] = item.origin
+    if resource.get("contained"):
+        row["_contained"] = contained_rows(resource, views)
     row["_last_updated"] = str((resource.get("meta") or {}).get("lastUpdated") or "")
     previous = rows[rtype].get(rid)
     if previous is not None:
@@ -161,6 +165,7 @@ def _handler(norm: Normaliser, rtype: str) -> Callable[[dict[str, Any]], None]:
         "Procedure": norm.procedure,
         "MedicationRequest": norm.medication_use,
         "MedicationAdministration": norm.medication_use,
+        "MedicationStatement": norm.medication_use,
         "DiagnosticReport": norm.diagnostic_report,
         "Condition": norm.condition,
         "Encounter": norm.encounter,

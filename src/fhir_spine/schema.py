@@ -33,14 +33,18 @@ PATIENTS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)"),
     Column("included", "bool", "in the analytic cohort", "true, false"),
     Column("exclusion_reasons", "string", "`;`-joined exclusion reason codes, empty when "
-           "included", "no-index-biopsy; under-18; cervical; decompression; "
-           "directed-to-resection; histology-not-neoplastic; histology-unconfirmed; "
-           "no-stabilization; no-definitive-therapy; missing-outcome-measures"),
+           "included", "no-index-biopsy; biopsy-date-unusable; under-18; cervical; "
+           "decompression; directed-to-resection; histology-not-neoplastic; "
+           "histology-unconfirmed; no-stabilization; stabilization-date-unusable; "
+           "no-definitive-therapy; therapy-date-unusable; missing-outcome-measures "
+           "(`*-date-unusable`: the record exists but its date cannot be placed on a day)"),
     Column("strategy", "string", "single-stage or staged; empty when not classifiable",
            "single-stage, staged"),
     Column("strategy_basis", "string", "evidence that decided the strategy",
            "same-encounter, part-of, time-window, separate-session"),
-    Column("age_at_biopsy", "int", "age in whole years at the index biopsy"),
+    Column("age_at_biopsy", "int", "age in whole years at the index biopsy; from a "
+           "year or year-month birthDate the lower bound when the dates leave it open (an "
+           "info row `partial-birth-date` says which)"),
     Column("sex", "string", "Patient.gender", "female, male, other, unknown"),
     Column("index_biopsy_date", "date", "first completed percutaneous vertebral biopsy"),
     Column("stabilization_date", "date", "pathway stabilization (pedicle screw-rod fixation)"),
@@ -119,7 +123,8 @@ ISSUES = [
     Column("resource_type", "string", "FHIR resource type, when known"),
     Column("resource_id", "string", "FHIR logical id, when known"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
-           "unparseable-date, partial-date, unmapped-code, invalid-resource"),
+           "unparseable-date, partial-date, no-date, partial-birth-date, unmapped-code, "
+           "unresolved-medication, invalid-resource"),
     Column("message", "string", "one-line description"),
     Column("origin", "string", "where it was read: file:line, bundle entry or URL"),
     Column("set_aside", "bool", "the resource was not used because of this", "true, false"),
@@ -133,7 +138,8 @@ CODES = [
     Column("display", "string", "first display seen"),
     Column("resources", "int", "resources carrying this code"),
     Column("patients", "int", "patients with such a resource"),
-    Column("concept", "string", "pathway concept it mapped to; empty when unmapped"),
+    Column("concept", "string", "pathway concept it mapped to (`;`-joined when the code is "
+           "listed under several); empty when unmapped"),
 ]
 
 TABLES: dict[str, list[Column]] = {

@@ -108,6 +108,17 @@ def _event_details(record: Any) -> dict[str, Any]:
     return {}
 
 
+def _decided_records(inp: Any, result: PatientResult) -> list[Any]:
+    """The record behind each decision, in order: `decide` explains every event first, one
+    decision each, so a resource with several concepts (one event per concept) shows each
+    concept on its own `events` row."""
+    events = list(inp.events)
+    if len(result.decisions) < len(events) or any(
+            d.source != e.source for d, e in zip(result.decisions, events, strict=False)):
+        return [None] * len(result.decisions)
+    return events + [None] * (len(result.decisions) - len(events))
+
+
 def build_tables(extraction: Extraction) -> Tables:
     patients = frame([patient_row(r) for r in extraction.results], schema.PATIENTS)
 
@@ -116,10 +127,11 @@ def build_tables(extraction: Extraction) -> Tables:
     for result in extraction.results:
         timepoints.update(result.timepoints)
         inp = extraction.inputs[result.patient_id]
-        records = {r.source.key: r for group in (inp.events, inp.reports, inp.conditions,
+        records = {r.source.key: r for group in (inp.reports, inp.conditions,
                                                    inp.encounters) for r in group}
-        for d in result.decisions:
-            details = _event_details(records.get(d.source.key))
+        for d, record in zip(result.decisions, _decided_records(inp, result), strict=True):
+            details = _event_details(record if record is not None
+                                     else records.get(d.source.key))
             coding = details.pop("coding", None)
             event_rows.append({
                 "patient_id": result.patient_id, "event_type": d.event_type,

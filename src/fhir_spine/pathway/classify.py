@@ -4,6 +4,7 @@ events, inclusion and every exclusion reason that applies (PATHWAY.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 
 from fhir_spine.pathway import adverse, measures
 from fhir_spine.pathway.decisions import Landmarks, decide
@@ -12,11 +13,15 @@ from fhir_spine.pathway.model import (
     ConditionRecord,
     Measurement,
     PatientInput,
+    PatientRecord,
     PatientResult,
 )
 from fhir_spine.pathway.time import When, days_between
 from fhir_spine.pathway.timeline import (
+    BIOPSY,
     NEOPLASTIC_FINDINGS,
+    STABILIZATION,
+    THERAPY_MODALITY,
     DiagnosisFinding,
     StabilizationFinding,
     TherapyFinding,
@@ -25,13 +30,15 @@ from fhir_spine.pathway.timeline import (
     find_definitive_therapy,
     find_diagnosis,
     find_stabilization,
+    undated,
 )
 from fhir_spine.settings import PathwaySettings
 
 EXCLUSION_ORDER = (
-    "no-index-biopsy", "under-18", "cervical", "decompression", "directed-to-resection",
-    "histology-not-neoplastic", "histology-unconfirmed", "no-stabilization",
-    "no-definitive-therapy", "missing-outcome-measures",
+    "no-index-biopsy", "biopsy-date-unusable", "under-18", "cervical", "decompression",
+    "directed-to-resection", "histology-not-neoplastic", "histology-unconfirmed",
+    "no-stabilization", "stabilization-date-unusable", "no-definitive-therapy",
+    "therapy-date-unusable", "missing-outcome-measures",
 )
 TUMOUR_GROUPS = {
     "tumour-solid-metastasis": "solid-metastasis",
@@ -43,6 +50,22 @@ TUMOUR_GROUPS = {
 
 def age_in_years(birth, on) -> int:  # type: ignore[no-untyped-def]
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+def age_at(patient: PatientRecord, on: date) -> tuple[int | None, int | None]:
+    """(age, upper bound) in whole years on a day; the upper bound only when undecided.
+
+    A year-only or year-month birthDate (FHIR R4 `date` keeps its precision) gives the age
+    when every day it may stand for gives the same age; otherwise the lower bound (the
+    youngest the patient can be), with the oldest possible age as the upper bound.
+    """
+    if patient.birth_date is not None:
+        return age_in_years(patient.birth_date, on), None
+    if patient.birth_range is None:
+        return None, None
+    earliest, latest = patient.birth_range
+    low, high = age_in_years(latest, on), age_in_years(earliest, on)
+    return low, (high if high != low else None)
 
 
 def is_cervical(levels: Sequence[str], prefixes: Sequence[str]) -> bool:
@@ -98,7 +121,8 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     gap = settings.same_session_gap_hours
     biopsies = find_biopsies(inp.events, gap)
     if biopsies.index is None:
-        result.exclusion_reasons = ["no-index-biopsy"]
+        result.exclusion_reasons = ["biopsy-date-unusable" if undated(inp.events, BIOPSY)
+                                    else "no-index-biopsy"]
         result.decisions = decide(inp, result, Landmarks(biopsies))
         return result
 
@@ -109,8 +133,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         lv for c in inp.conditions if c.countable and c.finding in NEOPLASTIC_FINDINGS
         for lv in c.levels
     }
-    if inp.patient.birth_date is not None:
-        result.age_at_biopsy = age_in_years(inp.patient.birth_date, index.start.day)
+    result.age_at_biopsy, result.age_upper_bound = age_at(inp.patient, index.start.day)
 
     stab = find_stabilization(index, inp.events, gap)
     diagnosis = find_diagnosis(index, inp.reports)
@@ -226,10 +249,14 @@ def _exclusions(
         reasons.add("histology-not-neoplastic")
     elif diagnosis.histology is None:
         reasons.add("histology-unconfirmed")
+    # A record whose date cannot be placed on a day names that date, not a missing event.
     if stab.event is None:
-        reasons.add("no-stabilization")
+        reasons.add("stabilization-date-unusable" if undated(inp.events, STABILIZATION)
+                    else "no-stabilization")
     if therapy.first is None:
-        reasons.add("no-definitive-therapy")
+        reasons.add("therapy-date-unusable"
+                    if undated(inp.events, THERAPY_MODALITY, index.start)
+                    else "no-definitive-therapy")
     for measure, timepoints in settings.required_measures.items():
         for tp in timepoints:
             if tp == "at-diagnosis" and result.diagnosis_available_date is None:

@@ -7,10 +7,11 @@ rule can be tested alone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 from fhir_spine.pathway.model import ClinicalEvent, PathologyReport
-from fhir_spine.pathway.time import When, hours_apart
+from fhir_spine.pathway.time import When, day_bounds, hours_apart
 
 BIOPSY = "vertebral-biopsy"
 STABILIZATION = "stabilization"
@@ -28,6 +29,16 @@ NEOPLASTIC_FINDINGS = frozenset({
 })
 NON_NEOPLASTIC = "histology-non-neoplastic"
 INSUFFICIENT = "histology-insufficient"
+
+
+def role_of(concept: str) -> str:
+    """The role a concept plays on the pathway (PATHWAY.md "Events"); it decides which
+    Procedure statuses count (settings `procedure_statuses_by_role`)."""
+    if concept == BIOPSY:
+        return "biopsy"
+    if concept in THERAPY_MODALITY:
+        return "definitive-therapy"
+    return concept
 
 
 def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[ClinicalEvent]:
@@ -143,17 +154,45 @@ class TherapyFinding:
     first: ClinicalEvent | None
     modalities: tuple[str, ...] = ()
     within_window: tuple[ClinicalEvent, ...] = ()
+    started_by: dict[str, ClinicalEvent] = field(default_factory=dict)  # order id -> admin
+
+
+def orders_started_by_administration(
+    events: Sequence[ClinicalEvent],
+) -> dict[str, ClinicalEvent]:
+    """Order id -> its first administration that was given and sits on a day.
+
+    PATHWAY.md "Definitive therapy start" in FHIR terms: a drug therapy starts at its first
+    administration when there is one (`MedicationAdministration.request` names the order),
+    else at the order's planned start (`boundsPeriod.start`), else at `authoredOn`.
+    """
+    first: dict[str, ClinicalEvent] = {}
+    for e in events:
+        if e.source.resource_type != "MedicationAdministration" or not e.request_id \
+                or not e.countable or not e.placed:
+            continue
+        seen = first.get(e.request_id)
+        if seen is None or e.start.sort_key() < seen.start.sort_key():  # type: ignore[union-attr]
+            first[e.request_id] = e
+    return first
 
 
 def find_definitive_therapy(
     index: ClinicalEvent, events: Sequence[ClinicalEvent], window_days: int
 ) -> TherapyFinding:
     """First definitive therapy after the index biopsy, and every modality starting
-    within `window_days` of it."""
+    within `window_days` of it. An order carried out by administrations is represented
+    by them (`orders_started_by_administration`)."""
     assert index.start is not None
-    after_index = [e for e in usable(events, THERAPY_MODALITY) if after(e.start, index.start)]  # type: ignore[arg-type]
+    started_by = orders_started_by_administration(events)
+    after_index = [
+        e for e in usable(events, THERAPY_MODALITY)
+        if after(e.start, index.start)  # type: ignore[arg-type]
+        and not (e.source.resource_type == "MedicationRequest"
+                 and e.source.resource_id in started_by)
+    ]
     if not after_index:
-        return TherapyFinding(None)
+        return TherapyFinding(None, started_by=started_by)
     first = after_index[0]
     assert first.start is not None and first.start.day is not None
     window = tuple(
@@ -161,4 +200,33 @@ def find_definitive_therapy(
         if (e.start.day - first.start.day).days <= window_days  # type: ignore[union-attr,operator]
     )
     present = {THERAPY_MODALITY[e.concept] for e in window}
-    return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window)
+    return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window,
+                          started_by)
+
+
+def undated(events: Iterable[ClinicalEvent], concept: str | Iterable[str],
+            not_before: When | None = None) -> list[ClinicalEvent]:
+    """Countable events of a concept whose start cannot be placed on a day (partial date,
+    data-absent-reason, a period with only an end, no date) and that could lie on or after
+    `not_before`. Such a record means the date is unusable, not that the event is missing
+    (README "Decisions": the exclusion reason names the unusable date)."""
+    concepts = {concept} if isinstance(concept, str) else set(concept)
+    found = []
+    for e in events:
+        if e.concept not in concepts or not e.countable or e.placed:
+            continue
+        if not_before is not None and not_before.day is not None:
+            latest = _latest_day(e)
+            if latest is not None and latest < not_before.day:
+                continue
+        found.append(e)
+    return found
+
+
+def _latest_day(e: ClinicalEvent) -> date | None:
+    """The latest day an unplaced event can have started, or None when nothing says."""
+    if e.start is not None:
+        return day_bounds(e.start)[1]
+    if e.end is not None and e.end.is_day_precise:
+        return e.end.day
+    return None

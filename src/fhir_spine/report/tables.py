@@ -45,6 +45,7 @@ ADVERSE_EVENTS = (
 
 EXCLUSION_LABELS = {
     "no-index-biopsy": "no index vertebral biopsy",
+    "biopsy-date-unusable": "biopsy date not on a calendar day",
     "under-18": "under 18 at the index biopsy",
     "cervical": "cervical index lesion",
     "decompression": "decompression for cord compression / deficit",
@@ -52,7 +53,9 @@ EXCLUSION_LABELS = {
     "histology-not-neoplastic": "histology not neoplastic",
     "histology-unconfirmed": "histology never confirmed",
     "no-stabilization": "no stabilization recorded",
+    "stabilization-date-unusable": "stabilization date not on a calendar day",
     "no-definitive-therapy": "no definitive therapy recorded",
+    "therapy-date-unusable": "therapy start not on a calendar day",
     "missing-outcome-measures": "missing outcome measures",
 }
 
