@@ -49,7 +49,11 @@ PATIENTS = [
     Column("index_biopsy_date", "date", "first completed percutaneous vertebral biopsy"),
     Column("stabilization_date", "date", "pathway stabilization (pedicle screw-rod fixation)"),
     Column("diagnosis_available_date", "date", "first conclusive pathology report issued"),
-    Column("therapy_start_date", "date", "definitive therapy start"),
+    Column("therapy_start_date", "date", "definitive therapy start: the first systemic "
+           "therapy, radiotherapy or oncologic surgery after the index biopsy that started "
+           "(a course in progress or stopped early did); a drug starts at its first "
+           "administration, else the order's planned start (boundsPeriod.start), else "
+           "authoredOn; a MedicationStatement at effective[x]"),
     Column("therapy_modalities", "string", "`;`-joined modalities starting within the first "
            "therapy window", "systemic; radiotherapy; surgery"),
     Column("days_biopsy_to_therapy", "int", "primary outcome: days index biopsy -> "
