@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     from fhir_spine.sources.http import one_line
-    from fhir_spine.sources.rest import INDEX_CONCEPT, index_code_tokens
+    from fhir_spine.sources.rest import INDEX_CONCEPT, OPTIONAL_TYPES, index_code_tokens
 
     problems: list[str] = []
     metadata = client.fetch_json("metadata")
@@ -115,6 +115,9 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     for c in checks:
         params = ", ".join(f"{k} {v}" for k, v in c.params.items())
         search = "yes" if c.searchable else ("NO" if c.declared else "ABSENT")
+        if c.resource_type in OPTIONAL_TYPES and not c.searchable:
+            out(f"{c.resource_type:<26} {search:<7} optional: not read from this server")
+            continue
         out(f"{c.resource_type:<26} {search:<7} {params}")
         if not c.declared:
             problems.append(f"{c.resource_type} (not in the CapabilityStatement)")

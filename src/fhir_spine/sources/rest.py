@@ -40,7 +40,10 @@ INDEX_CONCEPT = "vertebral-biopsy"
 # Types fetched by id rather than by patient: the patient itself and the medications
 # that orders point to.
 BY_ID_TYPES = ("Patient", "Medication")
-MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration")
+MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
+# Types read when the server offers them; a server without them still has what the pathway
+# needs (MedicationStatement: mCODE STU1 therapy records, besides orders and administrations).
+OPTIONAL_TYPES = ("MedicationStatement",)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INSTANT = "%Y-%m-%dT%H:%M:%SZ"
 MAX_EMPTY_PAGES = 3
@@ -384,6 +387,7 @@ class RestSource:
         self.searcher = Searcher(client, self.options, self.query_log, self._stop)
         self.types = tuple(t for t in sorted(mappings.views) if t not in BY_ID_TYPES)
         self._seen: set[tuple[str, str]] = set()
+        self._declared: set[str] = set()
         self.duplicates = 0
         self.resources = 0
         self.query: dict[str, Any] = {
@@ -407,6 +411,8 @@ class RestSource:
     def items(self) -> Iterator[SourceItem]:
         try:
             self.info["fhir_version"] = self._fhir_version()
+            self.types = tuple(t for t in self.types
+                               if t not in OPTIONAL_TYPES or t in self._declared)
             ids = self.patients if self.patients is not None else self._candidates()
             self.query["patients"] = len(ids)
             log.info("cohort: %d patients; fetching %s in batches of %d with %d workers",
@@ -449,6 +455,9 @@ class RestSource:
         if version and not version.startswith("4.0"):
             raise ServerError(f"{redact_url(self.client.base_url)} speaks FHIR {version}; "
                               "fhir-spine reads R4 (4.0.x)")
+        self._declared = {str(r.get("type")) for rest in metadata.get("rest") or []
+                          if isinstance(rest, dict) for r in rest.get("resource") or []
+                          if isinstance(r, dict)}
         return version
 
     def _candidates(self) -> list[str]:
