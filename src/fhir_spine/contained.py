@@ -26,7 +26,8 @@ def contained_rows(resource: Mapping[str, Any], views: Mapping[str, Any]) -> dic
         if not isinstance(inner, Mapping):
             continue
         rtype, local_id = inner.get("resourceType"), inner.get("id")
-        if not isinstance(local_id, str) or not local_id or rtype not in views:
+        if not isinstance(local_id, str) or not local_id or not isinstance(rtype, str) \
+                or rtype not in views:
             continue
         try:
             rows = views[rtype].rows(inner)

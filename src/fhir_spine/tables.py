@@ -13,6 +13,7 @@ from fhir_spine.pathway.model import (
     ConditionRecord,
     EncounterRecord,
     PathologyReport,
+    PatientInput,
     PatientResult,
 )
 from fhir_spine.pipeline import Extraction
@@ -108,15 +109,15 @@ def _event_details(record: Any) -> dict[str, Any]:
     return {}
 
 
-def _decided_records(inp: Any, result: PatientResult) -> list[Any]:
+def _decided_records(inp: PatientInput, result: PatientResult) -> list[ClinicalEvent | None]:
     """The record behind each decision, in order: `decide` explains every event first, one
     decision each, so a resource with several concepts (one event per concept) shows each
     concept on its own `events` row."""
-    events = list(inp.events)
-    if len(result.decisions) < len(events) or any(
+    events, count = list(inp.events), len(result.decisions)
+    if count < len(events) or any(
             d.source != e.source for d, e in zip(result.decisions, events, strict=False)):
-        return [None] * len(result.decisions)
-    return events + [None] * (len(result.decisions) - len(events))
+        return [None] * count
+    return [*events, *([None] * (count - len(events)))]
 
 
 def build_tables(extraction: Extraction) -> Tables:
@@ -127,7 +128,7 @@ def build_tables(extraction: Extraction) -> Tables:
     for result in extraction.results:
         timepoints.update(result.timepoints)
         inp = extraction.inputs[result.patient_id]
-        records = {r.source.key: r for group in (inp.reports, inp.conditions,
+        records = {r.source.key: r for group in (inp.events, inp.reports, inp.conditions,
                                                    inp.encounters) for r in group}
         for d, record in zip(result.decisions, _decided_records(inp, result), strict=True):
             details = _event_details(record if record is not None
