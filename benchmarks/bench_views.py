@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from fhir_spine.settings import DEFAULT_MAPPINGS
 from fhir_spine.views import compile_view
 
-VIEW_FILE = Path(__file__).resolve().parents[1] / "mappings" / "views" / "Procedure.json"
+VIEW_FILE = DEFAULT_MAPPINGS / "views" / "Procedure.json"
 SYSTEMS = ["http://snomed.info/sct", "http://www.ama-assn.org/go/cpt", "http://loinc.org"]
 
 

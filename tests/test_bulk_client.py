@@ -20,17 +20,17 @@ import responses
 
 from fhir_spine.auth import BearerAuth
 from fhir_spine.errors import AuthError, IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import export_types
 from fhir_spine.sources.bulk import (
     BulkExporter,
     BulkRequest,
     JobState,
     count_lines,
-    export_types,
-    pack_ids,
     parse_level,
 )
 from fhir_spine.sources.files import RawResource, ReadProblem
 from fhir_spine.sources.http import FhirClient, HttpSettings
+from fhir_spine.sources.search import pack_ids
 
 BASE = "https://ehr.example.org/fhir"
 STATUS = f"{BASE}/bulkstatus/job-1"

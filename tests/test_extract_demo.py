@@ -110,6 +110,10 @@ def test_every_table_in_parquet_and_csv_with_codebook_and_manifest(demo_out):
                 "fhir_version", "resources_read", "rows", "mapping_files", "warnings"):
         assert key in manifest
     assert all(len(f["sha256"]) == 64 for f in manifest["mapping_files"])
+    # the defaults are package data, named relative to the package wherever it is installed
+    paths = [f["path"] for f in manifest["mapping_files"]]
+    assert paths[:2] == ["fhir_spine/mappings/settings.yaml", "fhir_spine/mappings/concepts.yaml"]
+    assert "fhir_spine/mappings/views/Procedure.json" in paths
 
 
 def test_outputs_are_owner_only(demo_out):

@@ -8,12 +8,14 @@ without waiting.
 from __future__ import annotations
 
 import email.utils
+import io
 import logging
 import time
 
 import pytest
 import requests
 import responses
+import urllib3
 
 from fhir_spine import __version__
 from fhir_spine.auth import BearerAuth
@@ -323,3 +325,56 @@ def test_outcome_text_joins_issues_on_one_line():
     assert outcome_text(outcome) == \
         "error: Unknown param (at Observation.foo); warning: informational"
     assert outcome_text({"resourceType": "Patient"}) == ""
+
+
+class _BrokenBody(io.RawIOBase):
+    """A body whose connection drops after the first ten bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if self.sent:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+        self.sent = True
+        buffer[:10] = self.data[:10]
+        return 10
+
+
+@responses.activate
+def test_download_streams_to_disk_and_retries_a_body_broken_midway(fake_time, tmp_path):
+    body = b'{"resourceType": "Patient", "id": "p1"}\n' * 3
+    responses.get(f"{BASE}/files/p", body=io.BufferedReader(_BrokenBody(body)))
+    responses.get(f"{BASE}/files/p", body=body, headers={"Retry-After": "1"})
+    client = make_client(fake_time)
+    got = client.download(f"{BASE}/files/p", tmp_path / "p.part",
+                          accept="application/fhir+ndjson")
+    assert got.path.read_bytes() == body and got.size == len(body) and not got.gzip
+    assert responses.calls[1].request.headers["Accept"] == "application/fhir+ndjson"
+    assert responses.calls[1].request.req_kwargs["stream"] is True
+    assert client.stats.retries == 1 and len(fake_time.sleeps) == 1
+    assert client.stats.as_dict()["by_status"] == {"200": 1, "no-answer": 1}
+
+
+@pytest.mark.parametrize("status", [404, 503])
+@responses.activate
+def test_failed_download_leaves_no_partial_file(fake_time, tmp_path, status):
+    responses.get(f"{BASE}/files/p", status=status, json=OUTCOME)
+    client = make_client(fake_time, retry_time=5)
+    with pytest.raises(ServerError, match="HAPI-0389") as err:
+        client.download(f"{BASE}/files/p", tmp_path / "p.part", accept="application/x")
+    assert err.value.status == status
+    assert not (tmp_path / "p.part").exists()
+
+
+@responses.activate
+def test_download_of_an_html_page_is_a_clear_error(fake_time, tmp_path):
+    responses.get(f"{BASE}/files/p", body="<html><title>Sign in</title></html>",
+                  content_type="text/html")
+    with pytest.raises(ServerError, match="HTML page instead of the file"):
+        make_client(fake_time).download(f"{BASE}/files/p", tmp_path / "p.part", accept="x")
+    assert not (tmp_path / "p.part").exists()

@@ -3,7 +3,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fhir_spine.pathway.time import UnparseableTime, days_between, hours_apart, parse_when
+from fhir_spine.pathway.time import (
+    OnDay,
+    UnparseableTime,
+    When,
+    days_between,
+    hours_apart,
+    parse_when,
+)
 
 UTC = ZoneInfo("UTC")
 
@@ -49,3 +56,17 @@ def test_date_only_sorts_before_timestamps_that_day():
     t = parse_when("2023-03-01T00:00:01Z", UTC)
     assert d.sort_key() < t.sort_key()
     assert hours_apart(d, t) is None
+
+
+@pytest.mark.parametrize("raw,on_day", [
+    ("2023", False), ("2023-04", False), ("2023-04-05", True), ("2023-04-05T10:00:00Z", True),
+])
+def test_a_value_on_a_calendar_day_is_an_on_day(raw, on_day):
+    """The type says what `is_day_precise` says: rules that need a day take an OnDay."""
+    w = parse_when(raw, UTC)
+    assert isinstance(w, OnDay) == on_day == w.is_day_precise
+
+
+def test_a_when_with_a_day_must_be_an_on_day():
+    with pytest.raises(TypeError):
+        When("2023-04-05", "day", day=date(2023, 4, 5))

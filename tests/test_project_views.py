@@ -1,4 +1,4 @@
-"""The project's ViewDefinitions in mappings/views: shape, columns, and expected rows.
+"""The project's ViewDefinitions (src/fhir_spine/mappings/views): shape, columns, rows.
 
 The column names are a contract with the pathway engine, so they are spelled out
 here rather than read back from the JSON.
@@ -6,15 +6,15 @@ here rather than read back from the JSON.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fhir_spine.settings import DEFAULT_MAPPINGS
 from fhir_spine.views import compile_view, load_view
 from fhir_spine.views.fhirpath import compile_path
 
-VIEWS_DIR = Path(__file__).resolve().parents[1] / "mappings" / "views"
+VIEWS_DIR = DEFAULT_MAPPINGS / "views"
 
 COMMON = [
     "id",

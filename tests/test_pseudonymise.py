@@ -137,7 +137,7 @@ def cohort():
 
 
 def _demo():
-    assert (DEMO_COHORT / "ground-truth.csv").exists(), "fixtures/demo is missing"
+    assert (DEMO_COHORT / "ground-truth.csv").exists(), "the demo cohort is missing"
     items = list(iter_folder(DEMO_COHORT))
     ids = set()
     for item in items:

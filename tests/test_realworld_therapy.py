@@ -138,11 +138,11 @@ def test_medication_classified_by_its_ingredients_when_its_code_is_unmapped(mapp
                 medicationReference={"reference": "Medication/kit"})
     r = run(mappings, *pathway_core(), med, req)
     assert patient_result(r).therapy_modalities == ["systemic"]
-    tally = r.normaliser.codes
-    assert tally.concepts[("MedicationRequest", "Medication.ingredient", RXNORM, "2555")] \
+    concepts = {c.key: c.concept for c in r.codes}
+    assert concepts[("MedicationRequest", "Medication.ingredient", RXNORM, "2555")] \
         == "systemic-therapy"
     assert ("MedicationRequest", "MedicationRequest.medication", "http://example.org/pharmacy",
-            "K-17") in tally.resources
+            "K-17") in concepts
 
 
 @pytest.mark.parametrize("status,counts", [

@@ -18,21 +18,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 import responses
 
-from fhir_spine.cli.server_options import add_server_options
+from fhir_spine.cli.server_options import add_server_options, server_source
 from fhir_spine.errors import IncompletePull, ServerError, UsageError
+from fhir_spine.fhir import reference_id
 from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import (
-    QueryLog,
-    RestOptions,
-    RestSource,
-    Searcher,
-    index_code_tokens,
-    read_patient_list,
-    reference_id,
-    server_source,
-)
+from fhir_spine.sources.rest import RestSource, index_code_tokens, read_patient_list
+from fhir_spine.sources.search import QueryLog, RestOptions, Searcher
 
 BASE = "https://ehr.example.org/fhir"
 LOCAL = "http://fhir-spine.org/fhir/CodeSystem/spine-pathway"

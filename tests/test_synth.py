@@ -19,6 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_spine.cli import synth as synth_cli
 from fhir_spine.errors import UsageError
+from fhir_spine.settings import DEFAULT_MAPPINGS, DEMO_COHORT
 from fhir_spine.synth import FILES, calibrate, clock, generate, render_files, truth
 from fhir_spine.synth.model import ProcedurePlan, When
 from fhir_spine.synth.targets import EXCLUSION_REASONS
@@ -37,8 +38,7 @@ from fhir_spine.synth.vocab import (
     TUMOURS,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "fixtures" / "demo"
+DEMO = DEMO_COHORT  # src/fhir_spine/demo, package data
 DEMO_SEED = 2025
 
 
@@ -102,14 +102,15 @@ def test_other_seed_or_timezone_changes_the_files_but_not_the_truth_dates(tmp_pa
 
 
 def test_committed_demo_equals_a_fresh_regeneration():
-    """fixtures/demo is generated, never edited: `fhir-spine synth --seed 2025 --out ...`."""
+    """The demo cohort (src/fhir_spine/demo) is generated, never edited:
+    `fhir-spine synth --seed 2025 --out ...`."""
     fresh = render_files(generate(100, DEMO_SEED, "UTC"))
     assert sorted(p.name for p in DEMO.iterdir()) == sorted(fresh)
     for name, content in fresh.items():
         committed = (DEMO / name).read_bytes()
         if name.endswith(".gz"):  # compare content: zlib builds may differ in bytes
             committed, content = gzip.decompress(committed), gzip.decompress(content)
-        assert committed == content, f"{name} differs: regenerate fixtures/demo"
+        assert committed == content, f"{name} differs: regenerate src/fhir_spine/demo"
 
 
 def test_demo_is_small():
@@ -332,7 +333,7 @@ def test_every_exclusion_reason_from_twenty_patients_on():
 
 
 def test_generator_codes_are_known_to_the_default_mappings():
-    concepts = yaml.safe_load((ROOT / "mappings" / "concepts.yaml").read_text())
+    concepts = yaml.safe_load((DEFAULT_MAPPINGS / "concepts.yaml").read_text())
     systems = concepts["systems"]
     known = {(systems[c["system"]], str(c["code"]))
              for entry in concepts["concepts"].values() for c in entry["codes"] if "code" in c}
@@ -355,7 +356,7 @@ def test_generator_codes_are_known_to_the_default_mappings():
 
 
 def test_truth_rules_use_the_default_settings():
-    settings = yaml.safe_load((ROOT / "mappings" / "settings.yaml").read_text())
+    settings = yaml.safe_load((DEFAULT_MAPPINGS / "settings.yaml").read_text())
     rules = truth.DEFAULT_RULES
     for key in ("same_session_gap_hours", "therapy_modality_window_days",
                 "baseline_lookback_days", "at_diagnosis_window_days",
@@ -371,7 +372,7 @@ def test_truth_rules_use_the_default_settings():
 
 
 def test_truth_rules_use_the_default_role_statuses():
-    settings = yaml.safe_load((ROOT / "mappings" / "settings.yaml").read_text())
+    settings = yaml.safe_load((DEFAULT_MAPPINGS / "settings.yaml").read_text())
     by_role = settings["procedure_statuses_by_role"]
     assert tuple(by_role["definitive-therapy"]) == truth.DEFAULT_RULES.therapy_procedure_statuses
     assert tuple(by_role["biopsy"]) == tuple(by_role["stabilization"]) \

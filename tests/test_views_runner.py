@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fhir_spine.settings import DEFAULT_MAPPINGS
 from fhir_spine.views import (
     ViewDefinitionError,
     ViewEvaluationError,
@@ -24,7 +25,7 @@ from fhir_spine.views.fhirpath import CompiledPath, FhirPathError, compile_path,
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = Path(os.environ.get("SOF_TESTS_DIR") or REPO.parent / "shared" / "sof-tests")
-PROJECT_VIEWS = sorted((REPO / "mappings" / "views").glob("*.json"))
+PROJECT_VIEWS = sorted((DEFAULT_MAPPINGS / "views").glob("*.json"))
 
 # ----------------------------------------------------------------- fast path equivalence
 

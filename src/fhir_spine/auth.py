@@ -311,7 +311,7 @@ def _key_from_jwk(text: bytes) -> tuple[Any, str]:
         doc = json.loads(text)
     except ValueError:
         raise UsageError("private key: not valid JSON (expected PEM, a JWK or a JWKS)") from None
-    keys = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
+    keys = doc["keys"] if isinstance(doc, dict) and "keys" in doc else [doc]
     private = [k for k in keys if isinstance(k, dict) and "d" in k]
     if len(private) != 1:
         raise UsageError(f"private key: expected exactly one private JWK, found {len(private)}")

@@ -1,4 +1,4 @@
-"""Code system + code -> pathway concept, from `mappings/concepts.yaml`.
+"""Code system + code -> pathway concept, from `fhir_spine/mappings/concepts.yaml`.
 
 Site-specific codes live in data, not here: an integration engineer extends the map
 with `--mappings DIR` after reading the `codes` table of a first run.
@@ -7,7 +7,7 @@ with `--mappings DIR` after reading the `codes` table of a first run.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,7 @@ class ConceptMap:
         return self.system_aliases.get(alias, alias)
 
 
-def build_concept_map(documents: list[Mapping[str, Any]]) -> ConceptMap:
+def build_concept_map(documents: Sequence[Mapping[str, Any]]) -> ConceptMap:
     """Merge concept documents; earlier documents take precedence (site over default)."""
     cmap = ConceptMap()
     for doc in documents:

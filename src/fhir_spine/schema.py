@@ -9,6 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fhir_spine.pathway.vocabulary import (
+    ADVERSE_EVENTS,
+    EXCLUSION_REASONS,
+    MEASURE_RANGES,
+    MEASURES,
+    PRO_LABELS,
+    PRO_MEASURES,
+    PRO_SCALES,
+    SOSGOQ_DOMAINS,
+    STRATEGIES,
+    TIMEPOINTS,
+    TUMOUR_GROUPS,
+    AdverseEvent,
+    Measure,
+    ProMeasure,
+)
+
 SCHEMA_VERSION = 1
 
 
@@ -20,7 +37,9 @@ class Column:
     allowed: str = ""
 
 
-def _pro(measure: str, label: str, scale: str) -> list[Column]:
+def _pro(measure: ProMeasure) -> list[Column]:
+    label = PRO_LABELS[measure] + (" domain" if measure in SOSGOQ_DOMAINS else "")
+    scale = PRO_SCALES[measure]
     return [
         Column(f"{measure}_baseline", "float", f"{label}: last value on/before the index "
                "biopsy (within the look-back window)", scale),
@@ -29,17 +48,27 @@ def _pro(measure: str, label: str, scale: str) -> list[Column]:
     ]
 
 
+def _range(measure: Measure) -> str:
+    low, high = MEASURE_RANGES[measure]
+    return f"{low}-{high}"
+
+
+_ADVERSE_EVENT_MEANINGS: dict[AdverseEvent, str] = {
+    "ae_repeat_biopsy": "repeat biopsies (later session, before therapy)",
+    "ae_revision": "revisions of the instrumentation at the index level",
+    "ae_unplanned_fixation": "staged stabilization done as urgent/emergency",
+    "ae_pain_readmission": "acute pain-related admissions before therapy",
+}
+
+
 PATIENTS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)"),
     Column("included", "bool", "in the analytic cohort", "true, false"),
     Column("exclusion_reasons", "string", "`;`-joined exclusion reason codes, empty when "
-           "included", "no-index-biopsy; biopsy-date-unusable; under-18; cervical; "
-           "decompression; directed-to-resection; histology-not-neoplastic; "
-           "histology-unconfirmed; no-stabilization; stabilization-date-unusable; "
-           "no-definitive-therapy; therapy-date-unusable; missing-outcome-measures "
-           "(`*-date-unusable`: the record exists but its date cannot be placed on a day)"),
+           "included (`*-date-unusable`: the record exists but its date cannot be placed "
+           "on a day)", "; ".join(EXCLUSION_REASONS)),
     Column("strategy", "string", "single-stage or staged; empty when not classifiable",
-           "single-stage, staged"),
+           ", ".join(STRATEGIES)),
     Column("strategy_basis", "string", "evidence that decided the strategy",
            "same-encounter, part-of, time-window, separate-session"),
     Column("age_at_biopsy", "int", "age in whole years at the index biopsy; from a "
@@ -62,28 +91,21 @@ PATIENTS = [
            "single-stage)"),
     Column("days_stabilization_to_therapy", "int", "days stabilization -> therapy"),
     Column("fixation_levels", "int", "instrumented levels, index level included"),
-    Column("sins_total", "int", "Spinal Instability Neoplastic Score at baseline", "0-18"),
+    Column("sins_total", "int", "Spinal Instability Neoplastic Score at baseline",
+           _range("sins_total")),
     Column("sins_category", "string", "SINS category", "stable (0-6), indeterminate (7-12), "
            "unstable (13-18)"),
-    Column("ecog", "int", "ECOG performance status at baseline", "0-5"),
+    Column("ecog", "int", "ECOG performance status at baseline", _range("ecog")),
     Column("ecog_group", "string", "ECOG grouped as in the study", "0-2, 3-4, 5"),
-    Column("asa", "int", "ASA physical status class at baseline", "1-6"),
+    Column("asa", "int", "ASA physical status class at baseline", _range("asa")),
     Column("metastatic_outside_index", "bool", "secondary malignancy outside the index "
            "lesion by the diagnosis", "true, false"),
     Column("involved_vertebrae", "int", "distinct vertebral levels of the index lesion"),
     Column("involved_vertebrae_group", "string", "involved vertebrae grouped", "1, 2-3, 4+"),
     Column("tumour_group", "string", "primary tumour group, empty if unknown",
-           "solid-metastasis, haematological, primary-bone, other"),
-    *_pro("vas", "VAS pain", "0-10, lower is better"),
-    *_pro("sosgoq_total", "SOSGOQ2.0 total", "0-100, higher is better"),
-    *_pro("sosgoq_pain", "SOSGOQ2.0 pain domain", "0-100, higher is better"),
-    *_pro("sosgoq_physical", "SOSGOQ2.0 physical function domain", "0-100, higher is better"),
-    *_pro("sosgoq_mental", "SOSGOQ2.0 mental health domain", "0-100, higher is better"),
-    *_pro("sosgoq_social", "SOSGOQ2.0 social function domain", "0-100, higher is better"),
-    Column("ae_repeat_biopsy", "int", "repeat biopsies (later session, before therapy)"),
-    Column("ae_revision", "int", "revisions of the instrumentation at the index level"),
-    Column("ae_unplanned_fixation", "int", "staged stabilization done as urgent/emergency"),
-    Column("ae_pain_readmission", "int", "acute pain-related admissions before therapy"),
+           ", ".join(TUMOUR_GROUPS)),
+    *(column for measure in PRO_MEASURES for column in _pro(measure)),
+    *(Column(ae, "int", _ADVERSE_EVENT_MEANINGS[ae]) for ae in ADVERSE_EVENTS),
 ]
 
 EVENTS = [
@@ -108,15 +130,12 @@ EVENTS = [
 
 OBSERVATIONS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)"),
-    Column("measure", "string", "measure name", "vas, sosgoq_total, sosgoq_pain, "
-           "sosgoq_physical, sosgoq_mental, sosgoq_social, sins_total, sins_location, "
-           "sins_pain, sins_bone_lesion, sins_alignment, sins_collapse, sins_posterolateral, "
-           "ecog, asa"),
+    Column("measure", "string", "measure name", ", ".join(MEASURES)),
     Column("value", "float", "numeric value (coded answers converted)"),
     Column("effective", "string", "effective time: instant in the site zone, or date"),
     Column("effective_date", "date", "calendar date of `effective` in the site zone"),
     Column("timepoint", "string", "time point this value fills, if any",
-           "baseline, at-diagnosis"),
+           ", ".join(TIMEPOINTS)),
     Column("resource_type", "string", "FHIR resource type"),
     Column("resource_id", "string", "FHIR logical id"),
 ]

@@ -1,6 +1,7 @@
 """Mappings folder loading: concepts, pathway settings and view definitions.
 
-The defaults ship in the repository's `mappings/`. `--mappings DIR` layers a site's
+The defaults ship inside the package (`fhir_spine/mappings/`, read through
+`importlib.resources`, so a built wheel has them). `--mappings DIR` layers a site's
 folder over them: a `settings.yaml` there is merged key by key, a `concepts.yaml` with
 `extends: default` is merged over the default map (else replaces it), and any
 `views/<Type>.json` there replaces the default view of that type. Every file used is
@@ -9,9 +10,12 @@ hashed into the manifest so a dataset says exactly which rules made it.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,9 +25,23 @@ import yaml
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MAPPINGS = REPO_ROOT / "mappings"
-DEMO_COHORT = REPO_ROOT / "fixtures" / "demo"
+_PACKAGE = "fhir_spine"
+_package_files = ExitStack()
+atexit.register(_package_files.close)
+
+
+def _package_folder(name: str) -> Path:
+    """A data folder shipped in the package, as a real filesystem path.
+
+    For an ordinary (unzipped) install this is the folder itself; from a zipped package
+    `as_file` extracts it to a temporary folder that lives until the process exits.
+    """
+    traversable = resources.files(_PACKAGE) / name
+    return _package_files.enter_context(resources.as_file(traversable)).resolve()
+
+
+DEFAULT_MAPPINGS = _package_folder("mappings")
+DEMO_COHORT = _package_folder("demo")
 # The roles a procedure concept plays on the pathway (pathway.timeline.role_of).
 PROCEDURE_ROLES = ("biopsy", "stabilization", "definitive-therapy", "revision", "decompression")
 
@@ -133,6 +151,16 @@ class Mappings:
     concepts: ConceptMap
     views: dict[str, dict[str, Any]]
     files: list[MappingFile]
+    view_files: dict[str, str] = field(default_factory=dict)  # resource type -> its file
+
+
+def _shown(path: Path) -> Path:
+    """How a mapping file is named in manifests: a default one relative to the package
+    (`fhir_spine/mappings/...`, the same wherever it is installed), a site's as given."""
+    try:
+        return Path(_PACKAGE, "mappings", path.relative_to(DEFAULT_MAPPINGS))
+    except ValueError:
+        return path
 
 
 def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
@@ -145,7 +173,7 @@ def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
+    files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     return doc
 
 
@@ -175,6 +203,7 @@ def load_mappings(
     concepts = build_concept_map(concept_docs)
 
     views: dict[str, dict[str, Any]] = {}
+    view_files: dict[str, str] = {}
     for folder in (DEFAULT_MAPPINGS / "views", site_dir / "views" if site_dir else None):
         if folder is None or not folder.is_dir():
             continue
@@ -189,5 +218,17 @@ def load_mappings(
             if not isinstance(resource, str):
                 raise ConfigError(f"{path}: a ViewDefinition needs a `resource`")
             views[resource] = view
-            files.append(MappingFile(path, hashlib.sha256(data).hexdigest()))
-    return Mappings(settings, concepts, views, files)
+            view_files[resource] = str(path)
+            files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
+    check_views(views, view_files)
+    return Mappings(settings, concepts, views, files, view_files)
+
+
+def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) -> None:
+    """Every view in use (default or site) against the handler registry, before anything
+    is read: a missing or mistyped column, a view no handler reads, or a FHIRPath that
+    does not compile is a `ConfigError` (exit 3) naming the file and the column."""
+    from fhir_spine.handlers import check_view  # the registry compiles views: load it late
+
+    for rtype in sorted(views):
+        check_view(view_files.get(rtype, f"<{rtype} view>"), views[rtype])

@@ -34,8 +34,9 @@ import pytest
 import requests
 
 from fhir_spine.cli.main import main
+from fhir_spine.fhir import export_types, instant
 from fhir_spine.settings import DEMO_COHORT, load_mappings
-from fhir_spine.sources.bulk import BulkExporter, BulkRequest, export_types, instant
+from fhir_spine.sources.bulk import BulkExporter, BulkRequest
 from fhir_spine.sources.files import RawResource
 from fhir_spine.sources.http import FhirClient
 

@@ -6,8 +6,9 @@ index-procedure code search), extract the same folder with the file source, and 
 the tables row for row. Only what must differ is ignored: `issues.origin` (file:line
 versus request URL) and the manifest's source, times and query.
 
-When fixtures/demo is not there yet (it is built in parallel), the same generator's
-output (`fhir-spine synth`) stands in, so the test never silently skips.
+When the demo cohort (src/fhir_spine/demo) is not there yet (it is built in parallel),
+the same generator's output (`fhir-spine synth`) stands in, so the test never silently
+skips.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Command-line options of Bulk Data export (`extract --bulk`, `refresh --bulk`).
+"""Command-line options of Bulk Data export (`extract --bulk`, `refresh --bulk`) and the
+`extract --bulk` source built from them.
 
-Kept apart from `sources/bulk.py` for the same reason as `server_options.py`: every
+Kept apart from `sources/bulk/` for the same reason as `server_options.py`: every
 `fhir-spine` invocation registers all subcommands, and the HTTP stack should load only
 when a command talks to a server.
 """
@@ -8,7 +9,16 @@ when a command talks to a server.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fhir_spine.cli.server_options import client_from_args
+from fhir_spine.errors import UsageError
+
+if TYPE_CHECKING:
+    from fhir_spine.settings import Mappings
+    from fhir_spine.sources.files import SourceItem
 
 DEFAULT_EXPORT_TIMEOUT_S = 6 * 3600.0
 
@@ -31,3 +41,54 @@ def add_bulk_options(p: argparse.ArgumentParser, *, with_level: bool = True) -> 
                    metavar="SECONDS",
                    help="longest wait for the server to finish the export (default 21600); "
                    "an unfinished export exits 8 and the next run resumes it")
+
+
+def bulk_source(args: argparse.Namespace, mappings: Mappings
+                ) -> tuple[Iterator[SourceItem], dict[str, Any]]:
+    """Items of a `$export` (`extract --server URL --bulk LEVEL`) and the manifest's
+    `source` / `fhir_version` / `query` info, filled while the items are read."""
+    from fhir_spine.fhir import export_types
+    from fhir_spine.redact import redact_url
+    from fhir_spine.sources.bulk import BulkExporter, BulkRequest, parse_level
+    from fhir_spine.sources.capabilities import read_capabilities
+    from fhir_spine.sources.search import QueryLog
+
+    if not getattr(args, "server", None):
+        raise UsageError("--bulk needs --server URL")
+    level, group_id = parse_level(args.bulk)
+    if getattr(args, "patients", None) is not None:
+        raise UsageError("--patients is for REST pulls; with --bulk export a Group of "
+                         "those patients (--bulk group:ID)")
+    if args.export_timeout <= 0:
+        raise UsageError("--export-timeout must be > 0")
+    request = BulkRequest(level, group_id, export_types(mappings, level),
+                          type_filters=tuple(args.type_filter or ()))
+    out = Path(getattr(args, "out", None) or "fhir-spine-out")
+    job_dir = args.bulk_dir or out.with_name(out.name + ".bulk")
+    client = client_from_args(args)
+    exporter = BulkExporter(client, job_dir, timeout=args.export_timeout)
+    query: dict[str, Any] = {"kind": "bulk-export", "complete": False}
+    info: dict[str, Any] = {
+        "source": {"kind": "server", "location": redact_url(client.base_url),
+                   "auth": client.auth.kind},
+        "fhir_version": "", "query": query,
+    }
+
+    def items() -> Iterator[SourceItem]:
+        try:
+            info["fhir_version"] = read_capabilities(client).fhir_version
+            result = exporter.run(request)
+            query_log = QueryLog()
+            if level != "system":
+                exporter.fetch_medications(query_log=query_log)
+            query.update(result.summary())
+            if query_log.records:
+                query["searches"] = query_log.as_list()
+            yield from result.items()
+            exporter.mark_consumed()
+            query["complete"] = True
+        finally:
+            query["requests"] = client.stats.as_dict()
+            client.close()
+
+    return items(), info

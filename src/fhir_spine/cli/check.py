@@ -11,26 +11,22 @@ could not work.
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.server_options import add_http_options
 from fhir_spine.errors import ExitCode, ServerError
+from fhir_spine.fhir import BY_ID_TYPES, OPTIONAL_TYPES, pulled_types
 from fhir_spine.redact import redact_url
 
 if TYPE_CHECKING:
+    from fhir_spine.sources.capabilities import Capabilities
     from fhir_spine.sources.http import FhirClient
-
-log = logging.getLogger(__name__)
 
 # Parameters every resource has by the FHIR specification; servers often leave them out
 # of the CapabilityStatement, so an undeclared one is assumed rather than failed.
 COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
-# Fetched by `_id` in the REST pull (sources.rest.BY_ID_TYPES; repeated here so that
-# registering this command does not load the HTTP stack).
-BY_ID_TYPES = ("Patient", "Medication")
 
 
 @dataclass
@@ -39,10 +35,6 @@ class TypeCheck:
     declared: bool
     searchable: bool
     params: dict[str, str] = field(default_factory=dict)  # name -> "yes" | "assumed" | "NO"
-
-    @property
-    def ok(self) -> bool:
-        return self.declared and self.searchable and "NO" not in self.params.values()
 
 
 def needed_params(resource_type: str) -> tuple[str, ...]:
@@ -70,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from fhir_spine.cli.server_options import client_from_args
     from fhir_spine.settings import load_mappings
-    from fhir_spine.sources.http import client_from_args
 
     mappings = load_mappings(args.mappings)
     client = client_from_args(args)
@@ -82,34 +74,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(client: FhirClient, mappings: Any, out: Any) -> int:
+    from fhir_spine.sources.capabilities import read_capabilities
     from fhir_spine.sources.http import one_line
-    from fhir_spine.sources.rest import INDEX_CONCEPT, OPTIONAL_TYPES, index_code_tokens
+    from fhir_spine.sources.rest import INDEX_CONCEPT, index_code_tokens
 
     problems: list[str] = []
-    metadata = client.fetch_json("metadata")
-    if metadata.get("resourceType") != "CapabilityStatement":
-        raise ServerError(f"{redact_url(client.url('metadata'))} is not a CapabilityStatement; "
-                          "is the base URL right?")
-    software = metadata.get("software") or {}
-    version = str(metadata.get("fhirVersion") or "?")
+    caps = read_capabilities(client, r4_only=False)
+    version = caps.fhir_version or "?"
     out(f"server        {redact_url(client.base_url)}")
-    out(f"software      {software.get('name', '?')} {software.get('version', '')}".rstrip())
-    r4 = version.startswith("4.0")
-    out(f"FHIR version  {version}  {'ok' if r4 else 'NOT R4: fhir-spine reads 4.0.x'}")
-    if not r4:
+    out(f"software      {caps.software}")
+    out(f"FHIR version  {version}  {'ok' if caps.is_r4 else 'NOT R4: fhir-spine reads 4.0.x'}")
+    if not caps.is_r4:
         problems.append(f"FHIR version {version} (need 4.0.x)")
 
     smart = _smart(client)
     out(f"SMART         {smart}")
-    rest = next((r for r in metadata.get("rest") or [] if r.get("mode") == "server"), {})
-    out(f"$export       {_export_levels(rest)}")
-    system_ops = {i.get("code") for i in rest.get("interaction") or []}
-    out(f"transaction   {'yes' if 'transaction' in system_ops else 'not declared'} "
+    levels = [level.capitalize() if level != "system" else level
+              for level in caps.export_levels]
+    out(f"$export       {', '.join(levels) if levels else 'not offered'}")
+    out(f"transaction   {'yes' if 'transaction' in caps.interactions else 'not declared'} "
         "(used by `fhir-spine load`)")
 
-    types = ["Patient"] + sorted(t for t in mappings.views if t not in BY_ID_TYPES) \
-        + (["Medication"] if "Medication" in mappings.views else [])
-    checks = [_type_check(rest, t) for t in types]
+    checks = [_type_check(caps, t) for t in pulled_types(mappings)]
     out("")
     out(f"{'resource type':<26} {'search':<7} parameters")
     for c in checks:
@@ -171,27 +157,12 @@ def _smart(client: FhirClient) -> str:
     return "; ".join(parts)
 
 
-def _export_levels(rest: dict[str, Any]) -> str:
-    levels = []
-    if any(str(op.get("name", "")).lstrip("$") == "export" for op in rest.get("operation") or []):
-        levels.append("system")
-    for resource in rest.get("resource") or []:
-        if resource.get("type") in ("Patient", "Group") and any(
-                str(op.get("name", "")).lstrip("$") == "export"
-                for op in resource.get("operation") or []):
-            levels.append(str(resource["type"]))
-    return ", ".join(levels) if levels else "not offered"
-
-
-def _type_check(rest: dict[str, Any], resource_type: str) -> TypeCheck:
-    resource = next((r for r in rest.get("resource") or [] if r.get("type") == resource_type),
-                    None)
-    if resource is None:
+def _type_check(caps: Capabilities, resource_type: str) -> TypeCheck:
+    support = caps.types.get(resource_type)
+    if support is None:
         return TypeCheck(resource_type, False, False,
                          {p: "NO" for p in needed_params(resource_type)})
-    interactions = {i.get("code") for i in resource.get("interaction") or []}
-    declared = {p.get("name") for p in resource.get("searchParam") or []} | {
-        p.get("name") for p in rest.get("searchParam") or []}
+    declared = caps.search_params_of(resource_type)
     params = {}
     for name in needed_params(resource_type):
         if name in declared:
@@ -200,7 +171,7 @@ def _type_check(rest: dict[str, Any], resource_type: str) -> TypeCheck:
             params[name] = "assumed"
         else:
             params[name] = "NO"
-    return TypeCheck(resource_type, True, "search-type" in interactions, params)
+    return TypeCheck(resource_type, True, "search-type" in support.interactions, params)
 
 
 def _count_candidates(client: FhirClient, tokens: list[str]) -> str:

@@ -7,13 +7,12 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fhir_spine import __version__
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode
 from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
-from fhir_spine.sources.files import check_folder, iter_folder
+from fhir_spine.sources.files import FileSource, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,10 @@ def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
+    from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_target, publish, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.summary import summary_lines
-    from fhir_spine.tables import build_tables
 
     started = datetime.now(UTC)
     key = pseudonym_key(args)
@@ -96,42 +95,34 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
     if source is None:  # info is filled while the items are read
-        from fhir_spine.sources.bulk import bulk_source
-        from fhir_spine.sources.rest import server_source
+        from fhir_spine.cli.bulk_options import bulk_source
+        from fhir_spine.cli.server_options import server_source
 
         items, info = (bulk_source if args.bulk else server_source)(args, mappings)
     else:
-        items, info = iter_folder(source), {
+        files = FileSource(source)
+        items, info = iter(files), {
             "source": {"kind": "files", "location": str(source.absolute())},
             "fhir_version": "4.0.1", "query": {}}
     log.info("reading %s", info["source"]["location"])
     with counter("resources read", quiet=args.quiet) as tick:
         extraction = extract(items, mappings, validation=args.validation, progress=tick)
-    tables = build_tables(extraction)
-    severities = tables.issues["severity"].value_counts().to_dict()
-    acc = extraction.accounting
-    manifest = {
-        "schema_version": 1, "tool": "fhir-spine", "tool_version": __version__,
-        "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-        "source": info["source"], "fhir_version": info["fhir_version"] or "4.0.1",
-        "query": info["query"],
-        "settings": {k: sorted(v) if isinstance(v, frozenset) else v
-                     for k, v in vars(mappings.settings).items()},
-        "resources_read": dict(sorted(extraction.read_by_type.items())),
-        "accounting": {"read": acc.read, "used": acc.used, "set_aside": acc.set_aside,
-                       "unaccounted": len(acc.unaccounted), "balanced": acc.balanced},
-        "issues": {k: int(v) for k, v in severities.items()},
-        "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
-        "validation": args.validation,
-        "warnings": [] if acc.balanced else ["accounting does not balance: see log"],
-    }
+    if source is not None:  # a Bulk Data export folder: its transactionTime, its log
+        info["query"].update(files.query_info())
+    dataset = build_dataset([part_of(extraction)])  # exit 70 unless accounting balances
+    tables = dataset.tables
+    meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
+                    fhir_version=info["fhir_version"], query=info["query"], started=started,
+                    finished=datetime.now(UTC))
     if key is not None:
         from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
 
-        manifest = pseudonymise_manifest(manifest, tables, key, args.date_shift_days)
+        meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
         tables = pseudonymise_tables(tables, key, args.date_shift_days)
-    publish(args.out, lambda folder: write_dataset(tables, manifest, folder,
+    publish(args.out, lambda folder: write_dataset(tables, meta, folder,
                                                    csv=not args.no_csv))
+    severities = issue_counts(tables)
+    acc = dataset.accounting
     for line in summary_lines(tables.patients):
         print(line)
     print(f"resources read {acc.read}: used {acc.used}, set aside {acc.set_aside}; "

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if rewritten:
             log.info("%d absolute references to resources of %s sent as relative Type/id",
                      rewritten, folder)
-    from fhir_spine.sources.http import client_from_args
+    from fhir_spine.cli.server_options import client_from_args
 
     client = client_from_args(args)
     started = time.monotonic()

@@ -99,9 +99,9 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fhir_spine.cli.server_options import client_from_args
     from fhir_spine.refresh.run import Refresh, event
     from fhir_spine.settings import load_mappings
-    from fhir_spine.sources.http import client_from_args
     from fhir_spine.summary import summary_lines
 
     try:

@@ -1,16 +1,25 @@
-"""Command-line options shared by `check`, `load` and `extract --server`.
+"""Command-line options shared by `check`, `load`, `extract --server` and `refresh`, and
+what turns them into a client and a REST source: the `argparse` side of `sources/`.
 
-Kept apart from the HTTP client so that registering them costs nothing: every
-`fhir-spine` invocation builds all subparsers, and `requests`, `tenacity` and the
-crypto libraries load only when a command actually talks to a server.
+Registering the options costs nothing: every `fhir-spine` invocation builds all
+subparsers, and `requests`, `tenacity` and the crypto libraries load only when a command
+actually talks to a server (the functions below import them when called).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fhir_spine.auth import add_auth_options
+from fhir_spine.errors import UsageError
+
+if TYPE_CHECKING:
+    from fhir_spine.settings import Mappings
+    from fhir_spine.sources.files import SourceItem
+    from fhir_spine.sources.http import FhirClient
 
 
 def add_http_options(p: argparse.ArgumentParser) -> None:
@@ -43,3 +52,58 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
                    help="results after which a server may silently stop paging; a search "
                    "reaching it is repeated in _lastUpdated windows (default 10000, 0: off)")
     add_http_options(p)
+
+
+def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
+    """The HTTP client of `--server` and the connection and authentication options."""
+    from fhir_spine.auth import auth_from_args
+    from fhir_spine.redact import install_log_redaction
+    from fhir_spine.sources.http import FhirClient, HttpSettings
+
+    if args.ca_bundle is not None and args.insecure:
+        raise UsageError("--ca-bundle and --insecure contradict each other")
+    verify: bool | str = True
+    if args.ca_bundle is not None:
+        if not args.ca_bundle.is_file():
+            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+        verify = str(args.ca_bundle)
+    elif args.insecure:
+        verify = False
+    if args.timeout <= 0 or args.retry_time < 0:
+        raise UsageError("--timeout must be > 0 and --retry-time >= 0")
+    auth = auth_from_args(args)
+    install_log_redaction()
+    settings = HttpSettings(read_timeout=args.timeout, retry_time=args.retry_time,
+                            verify=verify, pool_size=max(10, workers * 2))
+    return FhirClient(args.server, auth=auth, settings=settings)
+
+
+def server_source(args: argparse.Namespace, mappings: Mappings | None = None
+                  ) -> tuple[Iterator[SourceItem], dict[str, Any]]:
+    """Items from `--server` (REST search) and the manifest's `source` / `fhir_version` /
+    `query` info. The info dict is filled while the items are consumed: read it after the
+    stream ends."""
+    from fhir_spine.sources.rest import RestSource, read_patient_list
+    from fhir_spine.sources.search import RestOptions
+
+    for name in ("workers", "batch_size", "page_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if mappings is None:
+        from fhir_spine.settings import load_mappings
+
+        mappings = load_mappings(getattr(args, "mappings", None))
+    patients = read_patient_list(args.patients) if args.patients is not None else None
+    options = RestOptions(page_size=args.page_size, batch_size=args.batch_size,
+                          workers=args.workers, cap=args.search_cap or None)
+    client = client_from_args(args, workers=args.workers)
+    source = RestSource(client, mappings, options=options, patients=patients,
+                        patients_file=args.patients)
+
+    def items() -> Iterator[SourceItem]:
+        try:
+            yield from source.items()
+        finally:
+            client.close()
+
+    return items(), source.info

@@ -5,29 +5,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fhir_spine.pathway.model import ClinicalEvent, EncounterRecord
-from fhir_spine.pathway.time import When
+from fhir_spine.pathway.model import ClinicalEvent, EncounterRecord, PlacedEvent
+from fhir_spine.pathway.time import OnDay
 from fhir_spine.pathway.timeline import after, usable
 
 
-def repeat_biopsies(repeats: Sequence[ClinicalEvent], therapy_start: When | None) -> int:
+def repeat_biopsies(repeats: Sequence[PlacedEvent], therapy_start: OnDay | None) -> int:
     """Biopsies in a later session than the index, before definitive therapy starts."""
-    return sum(
-        1 for b in repeats
-        if therapy_start is None or not after(b.start, therapy_start)  # type: ignore[arg-type]
-    )
+    return len([
+        b for b in repeats
+        if therapy_start is None or not after(b.start, therapy_start)
+    ])
 
 
 def revisions(
-    events: Sequence[ClinicalEvent], stabilization: ClinicalEvent, index_levels: set[str]
-) -> list[ClinicalEvent]:
+    events: Sequence[ClinicalEvent], stabilization: PlacedEvent, index_levels: set[str]
+) -> list[PlacedEvent]:
     """Revision procedures after the stabilization, at the index/instrumented levels
     (or with no level recorded)."""
-    assert stabilization.start is not None
     levels = index_levels | set(stabilization.levels)
     return [
         e for e in usable(events, "revision")
-        if after(e.start, stabilization.start)  # type: ignore[arg-type]
+        if after(e.start, stabilization.start)
         and (not e.levels or levels.intersection(e.levels))
     ]
 
@@ -44,12 +43,11 @@ def unplanned_fixation(
 
 
 def pain_readmissions(
-    encounters: Sequence[EncounterRecord], index_biopsy: When, therapy_start: When | None,
+    encounters: Sequence[EncounterRecord], index_biopsy: OnDay, therapy_start: OnDay | None,
     pathway_encounters: set[str], classes: frozenset[str],
 ) -> list[EncounterRecord]:
     """Inpatient/emergency encounters for pain after the index biopsy day and before
     definitive therapy starts, other than the stays of the pathway's own procedures."""
-    assert index_biopsy.day is not None
     found = []
     for enc in encounters:
         if (

@@ -9,14 +9,17 @@ from datetime import date
 from fhir_spine.pathway import adverse, measures
 from fhir_spine.pathway.decisions import Landmarks, decide
 from fhir_spine.pathway.model import (
-    ClinicalEvent,
     ConditionRecord,
+    DatedMeasurement,
     Measurement,
     PatientInput,
     PatientRecord,
     PatientResult,
+    PlacedEvent,
+    is_dated,
+    is_placed,
 )
-from fhir_spine.pathway.time import When, days_between
+from fhir_spine.pathway.time import OnDay, days_between
 from fhir_spine.pathway.timeline import (
     BIOPSY,
     NEOPLASTIC_FINDINGS,
@@ -32,23 +35,18 @@ from fhir_spine.pathway.timeline import (
     find_stabilization,
     undated,
 )
+from fhir_spine.pathway.vocabulary import (
+    BASELINE_MEASURES,
+    EXCLUSION_REASONS,
+    PRO_MEASURES,
+    TUMOUR_FINDINGS,
+    ExclusionReason,
+    TumourGroup,
+)
 from fhir_spine.settings import PathwaySettings
 
-EXCLUSION_ORDER = (
-    "no-index-biopsy", "biopsy-date-unusable", "under-18", "cervical", "decompression",
-    "directed-to-resection", "histology-not-neoplastic", "histology-unconfirmed",
-    "no-stabilization", "stabilization-date-unusable", "no-definitive-therapy",
-    "therapy-date-unusable", "missing-outcome-measures",
-)
-TUMOUR_GROUPS = {
-    "tumour-solid-metastasis": "solid-metastasis",
-    "tumour-haematological": "haematological",
-    "tumour-primary-bone": "primary-bone",
-    "tumour-other": "other",
-}
 
-
-def age_in_years(birth, on) -> int:  # type: ignore[no-untyped-def]
+def age_in_years(birth: date, on: date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
@@ -89,7 +87,7 @@ def involved_vertebrae(conditions: Sequence[ConditionRecord], index_levels: set[
 
 
 def metastatic_outside_index(
-    conditions: Sequence[ConditionRecord], index_levels: set[str], until: When | None,
+    conditions: Sequence[ConditionRecord], index_levels: set[str], until: OnDay | None,
     lookahead_days: int,
 ) -> bool:
     """A secondary malignancy recorded by the diagnosis at a site other than the index
@@ -100,19 +98,21 @@ def metastatic_outside_index(
         if c.levels and index_levels & set(c.levels):
             continue
         if until is not None and c.onset is not None and c.onset.day is not None:
-            if (c.onset.day - until.day).days > lookahead_days:  # type: ignore[operator]
+            if (c.onset.day - until.day).days > lookahead_days:
                 continue
         return True
     return False
 
 
-def tumour_group(conditions: Sequence[ConditionRecord], diagnosis: DiagnosisFinding) -> str | None:
+def tumour_group(
+    conditions: Sequence[ConditionRecord], diagnosis: DiagnosisFinding
+) -> TumourGroup | None:
     """From the primary cancer Condition, else from the pathology conclusion."""
-    primaries = [c for c in conditions if c.countable and c.finding in TUMOUR_GROUPS]
-    if primaries:
-        return TUMOUR_GROUPS[primaries[0].finding]  # type: ignore[index]
-    if diagnosis.report is not None and diagnosis.report.finding in TUMOUR_GROUPS:
-        return TUMOUR_GROUPS[diagnosis.report.finding]  # type: ignore[index]
+    for c in conditions:
+        if c.countable and c.finding is not None and c.finding in TUMOUR_FINDINGS:
+            return TUMOUR_FINDINGS[c.finding]
+    if diagnosis.report is not None and diagnosis.report.finding is not None:
+        return TUMOUR_FINDINGS.get(diagnosis.report.finding)
     return None
 
 
@@ -127,7 +127,6 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         return result
 
     index = biopsies.index
-    assert index.start is not None and index.start.day is not None
     result.index_biopsy_date = index.start.day
     index_levels = set(index.levels) or {
         lv for c in inp.conditions if c.countable and c.finding in NEOPLASTIC_FINDINGS
@@ -138,7 +137,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     stab = find_stabilization(index, inp.events, gap)
     diagnosis = find_diagnosis(index, inp.reports)
     therapy = find_definitive_therapy(index, inp.events, settings.therapy_modality_window_days)
-    _fill_timeline(result, stab, diagnosis, therapy)
+    _fill_timeline(result, index, stab, diagnosis, therapy)
 
     result.fixation_levels = len(set(stab.event.levels)) or None if stab.event else None
     result.involved_vertebrae = involved_vertebrae(inp.conditions, index_levels)
@@ -170,19 +169,16 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
 
 
 def _fill_timeline(
-    result: PatientResult, stab: StabilizationFinding, diagnosis: DiagnosisFinding,
-    therapy: TherapyFinding,
+    result: PatientResult, index: PlacedEvent, stab: StabilizationFinding,
+    diagnosis: DiagnosisFinding, therapy: TherapyFinding,
 ) -> None:
-    index_day = result.index_biopsy_date
-    assert index_day is not None
+    index_day = index.start.day
     if stab.event is not None:
-        assert stab.event.start is not None
         result.strategy, result.strategy_basis = stab.strategy, stab.basis
         result.stabilization_date = stab.event.start.day
     if diagnosis.report is not None and diagnosis.report.issued is not None:
         result.diagnosis_available_date = diagnosis.report.issued.day
     if therapy.first is not None:
-        assert therapy.first.start is not None and therapy.first.start.day is not None
         result.therapy_start_date = therapy.first.start.day
         result.therapy_modalities = list(therapy.modalities)
         result.days_biopsy_to_therapy = (therapy.first.start.day - index_day).days
@@ -192,57 +188,57 @@ def _fill_timeline(
         else:
             result.days_biopsy_to_stabilization = (result.stabilization_date - index_day).days
         if therapy.first is not None:
-            assert therapy.first.start is not None and stab.event.start is not None
             result.days_stabilization_to_therapy = days_between(stab.event.start,
                                                                 therapy.first.start)
 
 
 def _fill_measures(
-    result: PatientResult, values: Sequence[Measurement], index: When, dx: When | None,
+    result: PatientResult, values: Sequence[Measurement], index: OnDay, dx: OnDay | None,
     settings: PathwaySettings,
 ) -> None:
-    by_measure: dict[str, list[Measurement]] = {}
+    by_measure: dict[str, list[DatedMeasurement]] = {}
     for m in values:
-        if m.effective.is_day_precise:
+        if is_dated(m):
             by_measure.setdefault(m.measure, []).append(m)
-    for column, measure in measures.PRO_MEASURES.items():
+    for measure in PRO_MEASURES:
         series = by_measure.get(measure, [])
         base = measures.baseline(series, index, settings.baseline_lookback_days)
         if base is not None:
-            result.measures[f"{column}_baseline"] = base.value
+            result.measures[f"{measure}_baseline"] = base.value
             result.timepoints[base.source.key] = "baseline"
         if dx is not None:
             near = measures.at_diagnosis(series, index, dx, settings.at_diagnosis_window_days)
             if near is not None:
-                result.measures[f"{column}_at_diagnosis"] = near.value
+                result.measures[f"{measure}_at_diagnosis"] = near.value
                 result.timepoints[near.source.key] = "at-diagnosis"
-    for measure in measures.BASELINE_ONLY:
-        base = measures.baseline(by_measure.get(measure, []), index,
+    for name in BASELINE_MEASURES:
+        base = measures.baseline(by_measure.get(name, []), index,
                                  settings.baseline_lookback_days)
         if base is not None:
-            setattr(result, measure, base.value)
+            setattr(result, name, base.value)
             result.timepoints[base.source.key] = "baseline"
 
 
 def _exclusions(
     inp: PatientInput, settings: PathwaySettings, result: PatientResult,
-    index: ClinicalEvent, index_levels: set[str], stab: StabilizationFinding,
+    index: PlacedEvent, index_levels: set[str], stab: StabilizationFinding,
     diagnosis: DiagnosisFinding, therapy: TherapyFinding,
-) -> list[str]:
-    reasons: set[str] = set()
+) -> list[ExclusionReason]:
+    reasons: set[ExclusionReason] = set()
     if result.age_at_biopsy is not None and result.age_at_biopsy < settings.minimum_age_years:
         reasons.add("under-18")
     if is_cervical(sorted(index_levels), settings.excluded_level_prefixes):
         reasons.add("cervical")
     therapy_start = therapy.first.start if therapy.first else None
     for e in inp.events:
-        if e.concept == "decompression" and e.countable and e.placed:
-            if therapy_start is None or not after(e.start, therapy_start):  # type: ignore[arg-type]
+        if not (e.countable and is_placed(e)):
+            continue
+        if e.concept == "decompression":
+            if therapy_start is None or not after(e.start, therapy_start):
                 reasons.add("decompression")
-        if e.concept == "oncologic-resection" and e.countable and e.placed:
-            assert index.start is not None
-            if after(e.start, index.start) and (  # type: ignore[arg-type]
-                stab.event is None or not after(e.start, stab.event.start)  # type: ignore[arg-type]
+        if e.concept == "oncologic-resection":
+            if after(e.start, index.start) and (
+                stab.event is None or not after(e.start, stab.event.start)
             ):
                 reasons.add("directed-to-resection")
     if diagnosis.histology == "non-neoplastic":
@@ -266,4 +262,4 @@ def _exclusions(
                                         if tp == "baseline" else None)
             if value is None:
                 reasons.add("missing-outcome-measures")
-    return [r for r in EXCLUSION_ORDER if r in reasons]
+    return [r for r in EXCLUSION_REASONS if r in reasons]

@@ -17,8 +17,10 @@ from fhir_spine.pathway.model import (
     PathologyReport,
     PatientInput,
     PatientResult,
+    is_placed,
 )
 from fhir_spine.pathway.timeline import (
+    INSUFFICIENT,
     THERAPY_MODALITY,
     BiopsyFindings,
     DiagnosisFinding,
@@ -67,12 +69,11 @@ def event_decision(e: ClinicalEvent, result: PatientResult, marks: Landmarks) ->
 
     if not e.countable:
         return said(False, e.status_note)
-    if not e.placed:
+    if not is_placed(e):
         return said(False, f"date {e.start.raw} is not a calendar day" if e.start
                     else "no start date" + (f" (ends {e.end.raw})" if e.end else ""))
     if index is None:
         return said(False, "no index biopsy")
-    assert index.start is not None and e.start is not None
     before_index = not after(e.start, index.start)
     if e is index:
         return said(True, "index biopsy", "biopsy")
@@ -100,8 +101,7 @@ def event_decision(e: ClinicalEvent, result: PatientResult, marks: Landmarks) ->
         return said(False, "not definitive therapy")
     if e.concept == "revision":
         stab = marks.stabilization.event
-        used = result.ae_revision > 0 and stab is not None and stab.start is not None \
-            and after(e.start, stab.start)
+        used = result.ae_revision > 0 and stab is not None and after(e.start, stab.start)
         return said(used, "revision after stabilization" if used
                     else "not after the stabilization at the index level")
     if e.concept == "decompression":
@@ -117,7 +117,7 @@ def report_decision(r: PathologyReport, marks: Landmarks) -> Decision:
         return Decision(r.source, "pathology-report", True, "diagnosis available")
     if not r.countable:
         return Decision(r.source, "pathology-report", False, r.status_note)
-    if r.finding == "histology-insufficient":
+    if r.finding == INSUFFICIENT:
         return Decision(r.source, "pathology-report", has_index, "insufficient sample")
     if r.finding is None:
         return Decision(r.source, "pathology-report", False, "conclusion not coded or not mapped")
@@ -137,7 +137,7 @@ def condition_decision(c: ConditionRecord, marks: Landmarks) -> Decision:
 
 
 def encounter_decision(enc: EncounterRecord, marks: Landmarks,
-                       pathway_encounters: set[str | None]) -> Decision:
+                       pathway_encounters: set[str]) -> Decision:
     rid = enc.source.resource_id
     if rid in marks.readmission_ids:
         return Decision(enc.source, "readmission", True, "pain readmission")

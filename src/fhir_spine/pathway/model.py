@@ -2,15 +2,27 @@
 
 Normalisation (FHIR rows -> these records) happens before the pathway; the records hold
 only what a rule needs, with the resource they came from so every decision is traceable.
+
+A record's time may be missing or partial, but a record the pathway uses has a day: the
+time-bearing records are generic in their time's type, `is_placed`, `is_dated` and
+`is_issued` narrow a record to the `OnDay` form, and the rules take only that form
+(`PlacedEvent`, `IssuedReport`, `DatedMeasurement`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Generic, TypeAlias
+
+from typing_extensions import TypeIs, TypeVar
 
 from fhir_spine.concepts import Coding
-from fhir_spine.pathway.time import When
+from fhir_spine.pathway.time import OnDay, When
+from fhir_spine.pathway.vocabulary import ExclusionReason, Strategy, Timepoint, TumourGroup
+
+T = TypeVar("T", bound=When | None, default=When | None, covariant=True)
+W = TypeVar("W", bound=When, default=When, covariant=True)
 
 
 @dataclass(frozen=True)
@@ -24,14 +36,14 @@ class Source:
 
 
 @dataclass(frozen=True)
-class ClinicalEvent:
+class ClinicalEvent(Generic[T]):
     """A Procedure or medication use (MedicationRequest, MedicationAdministration,
     MedicationStatement) tagged with one concept; a resource whose code maps to several
     concepts (combined chemoradiation) gives one event per concept."""
 
     concept: str
     source: Source
-    start: When | None
+    start: T
     end: When | None = None
     status: str = ""
     countable: bool = True        # status/intent allow it to count
@@ -44,18 +56,34 @@ class ClinicalEvent:
 
     @property
     def placed(self) -> bool:
-        return self.start is not None and self.start.is_day_precise
+        return is_placed(self)
+
+
+PlacedEvent: TypeAlias = ClinicalEvent[OnDay]
+
+
+def is_placed(event: ClinicalEvent) -> TypeIs[PlacedEvent]:
+    """The event starts on a calendar day (not missing, not a partial date)."""
+    return isinstance(event.start, OnDay)
 
 
 @dataclass(frozen=True)
-class PathologyReport:
+class PathologyReport(Generic[T]):
     source: Source
-    issued: When | None
+    issued: T
     finding: str | None           # concept of the conclusion code, e.g. tumour-haematological
     status: str = ""
     countable: bool = True
     status_note: str = ""
     coding: Coding | None = None
+
+
+IssuedReport: TypeAlias = PathologyReport[OnDay]
+
+
+def is_issued(report: PathologyReport) -> TypeIs[IssuedReport]:
+    """The report was issued on a calendar day."""
+    return isinstance(report.issued, OnDay)
 
 
 @dataclass(frozen=True)
@@ -82,11 +110,19 @@ class EncounterRecord:
 
 
 @dataclass(frozen=True)
-class Measurement:
+class Measurement(Generic[W]):
     measure: str
     value: float
-    effective: When
+    effective: W
     source: Source
+
+
+DatedMeasurement: TypeAlias = Measurement[OnDay]
+
+
+def is_dated(m: Measurement) -> TypeIs[DatedMeasurement]:
+    """The value was taken on a calendar day."""
+    return isinstance(m.effective, OnDay)
 
 
 @dataclass(frozen=True)
@@ -121,8 +157,8 @@ class Decision:
 class PatientResult:
     patient_id: str
     included: bool = False
-    exclusion_reasons: list[str] = field(default_factory=list)
-    strategy: str | None = None
+    exclusion_reasons: list[ExclusionReason] = field(default_factory=list)
+    strategy: Strategy | None = None
     strategy_basis: str | None = None
     age_at_biopsy: int | None = None
     age_upper_bound: int | None = None  # set when a partial birthDate leaves the age open
@@ -141,11 +177,11 @@ class PatientResult:
     asa: float | None = None
     metastatic_outside_index: bool | None = None
     involved_vertebrae: int | None = None
-    tumour_group: str | None = None
+    tumour_group: TumourGroup | None = None
     measures: dict[str, float] = field(default_factory=dict)   # e.g. vas_baseline
     ae_repeat_biopsy: int = 0
     ae_revision: int = 0
     ae_unplanned_fixation: int = 0
     ae_pain_readmission: int = 0
     decisions: list[Decision] = field(default_factory=list)
-    timepoints: dict[tuple[str, str], str] = field(default_factory=dict)  # source key -> tp
+    timepoints: dict[tuple[str, str], Timepoint] = field(default_factory=dict)  # source -> tp

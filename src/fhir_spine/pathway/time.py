@@ -4,6 +4,9 @@ Intervals are whole days between calendar dates in the site time zone (PATHWAY.m
 every timestamp is converted to that zone first: `23:40-05:00` is the next day in UTC.
 A value without an offset is site-local; a date-only value is that date. Partial dates
 (`2023`, `2023-04`) keep their precision and are never placed on a day.
+
+A value that does sit on a day is an `OnDay`, so a rule that needs the day takes an
+`OnDay` and the type checker, not an assert, sees that it has one.
 """
 
 from __future__ import annotations
@@ -56,6 +59,18 @@ class When:
             return self.day.isoformat()
         return self.raw
 
+    def __post_init__(self) -> None:
+        if self.day is not None and not isinstance(self, OnDay):
+            raise TypeError("a When with a calendar day is an OnDay")
+
+
+@dataclass(frozen=True)
+class OnDay(When):
+    """A point in time that sits on a calendar day in the site zone (precision day or
+    time): the only kind a pathway rule places on the timeline."""
+
+    day: date
+
 
 def parse_when(raw: str, tz: tzinfo) -> When:
     text = raw.strip()
@@ -75,7 +90,7 @@ def parse_when(raw: str, tz: tzinfo) -> When:
     except ValueError:
         raise UnparseableTime(f"impossible date {raw!r}") from None
     if m["hour"] is None:
-        return When(raw, "day", day=day)
+        return OnDay(raw, "day", day=day)
     try:
         second = int(m["second"] or 0)
         micro = int(round(float(m["fraction"]) * 1_000_000)) if m["fraction"] else 0
@@ -93,7 +108,7 @@ def parse_when(raw: str, tz: tzinfo) -> When:
     except OverflowError:  # year 1 or 9999 moved across the calendar's edge
         raise UnparseableTime(f"{raw!r} is outside the calendar once placed in the site zone") \
             from None
-    return When(raw, "time", day=day, instant=placed)
+    return OnDay(raw, "time", day=day, instant=placed)
 
 
 def _offset(text: str, raw: str) -> tzinfo:
@@ -122,9 +137,8 @@ def day_bounds(when: When) -> tuple[date, date]:
     return first, following - timedelta(days=1)
 
 
-def days_between(start: When, end: When) -> int:
+def days_between(start: OnDay, end: OnDay) -> int:
     """Whole calendar days from `start` to `end` on the site calendar."""
-    assert start.day is not None and end.day is not None
     return (end.day - start.day).days
 
 
@@ -135,9 +149,8 @@ def hours_apart(a: When, b: When) -> float | None:
     return abs((a.instant - b.instant).total_seconds()) / 3600.0
 
 
-def not_after(a: When, b: When) -> bool:
+def not_after(a: OnDay, b: OnDay) -> bool:
     """`a` is on or before `b`: by instant when both have one, else by calendar date."""
-    assert a.day is not None and b.day is not None
     if a.instant is not None and b.instant is not None:
         return a.instant <= b.instant
     return a.day <= b.day

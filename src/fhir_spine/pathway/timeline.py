@@ -10,8 +10,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from fhir_spine.pathway.model import ClinicalEvent, PathologyReport
-from fhir_spine.pathway.time import When, day_bounds, hours_apart
+from fhir_spine.pathway.model import (
+    ClinicalEvent,
+    IssuedReport,
+    PathologyReport,
+    PlacedEvent,
+    is_issued,
+    is_placed,
+)
+from fhir_spine.pathway.time import OnDay, day_bounds, hours_apart
+from fhir_spine.pathway.vocabulary import TUMOUR_FINDINGS, Strategy
 
 BIOPSY = "vertebral-biopsy"
 STABILIZATION = "stabilization"
@@ -23,10 +31,7 @@ THERAPY_MODALITY = {
     "separation-surgery": "surgery",
 }
 MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
-NEOPLASTIC_FINDINGS = frozenset({
-    "secondary-malignancy", "tumour-haematological", "tumour-primary-bone",
-    "tumour-solid-metastasis", "tumour-other",
-})
+NEOPLASTIC_FINDINGS = frozenset({"secondary-malignancy", *TUMOUR_FINDINGS})
 NON_NEOPLASTIC = "histology-non-neoplastic"
 INSUFFICIENT = "histology-insufficient"
 
@@ -41,14 +46,14 @@ def role_of(concept: str) -> str:
     return concept
 
 
-def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[ClinicalEvent]:
+def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[PlacedEvent]:
     """Countable events of a concept that sit on a calendar day, in time order."""
     concepts = {concept} if isinstance(concept, str) else set(concept)
-    found = [e for e in events if e.concept in concepts and e.countable and e.placed]
-    return sorted(found, key=lambda e: e.start.sort_key())  # type: ignore[union-attr]
+    found = [e for e in events if is_placed(e) and e.concept in concepts and e.countable]
+    return sorted(found, key=lambda e: e.start.sort_key())
 
 
-def after(event_start: When, anchor: When) -> bool:
+def after(event_start: OnDay, anchor: OnDay) -> bool:
     return event_start.sort_key() > anchor.sort_key()
 
 
@@ -84,9 +89,9 @@ def _periods_overlap(a: ClinicalEvent, b: ClinicalEvent) -> bool:
 
 @dataclass(frozen=True)
 class BiopsyFindings:
-    index: ClinicalEvent | None
-    same_session: tuple[ClinicalEvent, ...] = ()   # duplicate records of the index session
-    repeats: tuple[ClinicalEvent, ...] = ()        # later sessions
+    index: PlacedEvent | None
+    same_session: tuple[PlacedEvent, ...] = ()   # duplicate records of the index session
+    repeats: tuple[PlacedEvent, ...] = ()        # later sessions
 
 
 def find_biopsies(events: Sequence[ClinicalEvent], gap_hours: float) -> BiopsyFindings:
@@ -102,13 +107,13 @@ def find_biopsies(events: Sequence[ClinicalEvent], gap_hours: float) -> BiopsyFi
 
 @dataclass(frozen=True)
 class StabilizationFinding:
-    event: ClinicalEvent | None
-    strategy: str | None = None
+    event: PlacedEvent | None
+    strategy: Strategy | None = None
     basis: str | None = None
 
 
 def find_stabilization(
-    index: ClinicalEvent, events: Sequence[ClinicalEvent], gap_hours: float
+    index: PlacedEvent, events: Sequence[ClinicalEvent], gap_hours: float
 ) -> StabilizationFinding:
     """Single-stage when a stabilization shares the index biopsy's session (even if it was
     recorded a little before it); otherwise the first stabilization after the biopsy."""
@@ -117,87 +122,78 @@ def find_stabilization(
         basis = same_session(index, stab, gap_hours)
         if basis:
             return StabilizationFinding(stab, "single-stage", basis)
-    assert index.start is not None
     for stab in candidates:
-        if after(stab.start, index.start):  # type: ignore[arg-type]
+        if after(stab.start, index.start):
             return StabilizationFinding(stab, "staged", "separate-session")
     return StabilizationFinding(None)
 
 
 @dataclass(frozen=True)
 class DiagnosisFinding:
-    report: PathologyReport | None
+    report: IssuedReport | None
     histology: str | None = None  # "neoplastic", "non-neoplastic" or None (unconfirmed)
 
 
-def report_usable(report: PathologyReport) -> bool:
-    return report.countable and report.issued is not None and report.issued.is_day_precise
-
-
-def find_diagnosis(index: ClinicalEvent, reports: Sequence[PathologyReport]) -> DiagnosisFinding:
+def find_diagnosis(index: PlacedEvent, reports: Sequence[PathologyReport]) -> DiagnosisFinding:
     """The first conclusive pathology report issued on or after the index biopsy day."""
-    assert index.start is not None and index.start.day is not None
     conclusive = [
         r for r in reports
-        if report_usable(r) and r.issued.day >= index.start.day  # type: ignore[union-attr,operator]
+        if is_issued(r) and r.countable and r.issued.day >= index.start.day
         and (r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC)
     ]
     if not conclusive:
         return DiagnosisFinding(None)
-    first = min(conclusive, key=lambda r: r.issued.sort_key())  # type: ignore[union-attr]
+    first = min(conclusive, key=lambda r: r.issued.sort_key())
     histology = "non-neoplastic" if first.finding == NON_NEOPLASTIC else "neoplastic"
     return DiagnosisFinding(first, histology)
 
 
 @dataclass(frozen=True)
 class TherapyFinding:
-    first: ClinicalEvent | None
+    first: PlacedEvent | None
     modalities: tuple[str, ...] = ()
-    within_window: tuple[ClinicalEvent, ...] = ()
-    started_by: dict[str, ClinicalEvent] = field(default_factory=dict)  # order id -> admin
+    within_window: tuple[PlacedEvent, ...] = ()
+    started_by: dict[str, PlacedEvent] = field(default_factory=dict)  # order id -> admin
 
 
 def orders_started_by_administration(
     events: Sequence[ClinicalEvent],
-) -> dict[str, ClinicalEvent]:
+) -> dict[str, PlacedEvent]:
     """Order id -> its first administration that was given and sits on a day.
 
     PATHWAY.md "Definitive therapy start" in FHIR terms: a drug therapy starts at its first
     administration when there is one (`MedicationAdministration.request` names the order),
     else at the order's planned start (`boundsPeriod.start`), else at `authoredOn`.
     """
-    first: dict[str, ClinicalEvent] = {}
+    first: dict[str, PlacedEvent] = {}
     for e in events:
-        if e.source.resource_type != "MedicationAdministration" or not e.request_id \
-                or not e.countable or not e.placed:
+        if not is_placed(e) or e.source.resource_type != "MedicationAdministration" \
+                or not e.request_id or not e.countable:
             continue
         seen = first.get(e.request_id)
-        if seen is None or e.start.sort_key() < seen.start.sort_key():  # type: ignore[union-attr]
+        if seen is None or e.start.sort_key() < seen.start.sort_key():
             first[e.request_id] = e
     return first
 
 
 def find_definitive_therapy(
-    index: ClinicalEvent, events: Sequence[ClinicalEvent], window_days: int
+    index: PlacedEvent, events: Sequence[ClinicalEvent], window_days: int
 ) -> TherapyFinding:
     """First definitive therapy after the index biopsy, and every modality starting
     within `window_days` of it. An order carried out by administrations is represented
     by them (`orders_started_by_administration`)."""
-    assert index.start is not None
     started_by = orders_started_by_administration(events)
     after_index = [
         e for e in usable(events, THERAPY_MODALITY)
-        if after(e.start, index.start)  # type: ignore[arg-type]
+        if after(e.start, index.start)
         and not (e.source.resource_type == "MedicationRequest"
                  and e.source.resource_id in started_by)
     ]
     if not after_index:
         return TherapyFinding(None, started_by=started_by)
     first = after_index[0]
-    assert first.start is not None and first.start.day is not None
     window = tuple(
-        e for e in after_index
-        if (e.start.day - first.start.day).days <= window_days  # type: ignore[union-attr,operator]
+        e for e in after_index if (e.start.day - first.start.day).days <= window_days
     )
     present = {THERAPY_MODALITY[e.concept] for e in window}
     return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window,
@@ -205,7 +201,7 @@ def find_definitive_therapy(
 
 
 def undated(events: Iterable[ClinicalEvent], concept: str | Iterable[str],
-            not_before: When | None = None) -> list[ClinicalEvent]:
+            not_before: OnDay | None = None) -> list[ClinicalEvent]:
     """Countable events of a concept whose start cannot be placed on a day (partial date,
     data-absent-reason, a period with only an end, no date) and that could lie on or after
     `not_before`. Such a record means the date is unusable, not that the event is missing
@@ -213,9 +209,9 @@ def undated(events: Iterable[ClinicalEvent], concept: str | Iterable[str],
     concepts = {concept} if isinstance(concept, str) else set(concept)
     found = []
     for e in events:
-        if e.concept not in concepts or not e.countable or e.placed:
+        if e.concept not in concepts or not e.countable or is_placed(e):
             continue
-        if not_before is not None and not_before.day is not None:
+        if not_before is not None:
             latest = _latest_day(e)
             if latest is not None and latest < not_before.day:
                 continue
@@ -227,6 +223,6 @@ def _latest_day(e: ClinicalEvent) -> date | None:
     """The latest day an unplaced event can have started, or None when nothing says."""
     if e.start is not None:
         return day_bounds(e.start)[1]
-    if e.end is not None and e.end.is_day_precise:
-        return e.end.day
+    if e.end is not None:
+        return e.end.day  # None for a partial end: nothing says
     return None

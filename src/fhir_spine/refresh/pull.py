@@ -1,6 +1,6 @@
-"""What a refresh asks the server, apart from the export itself: capabilities, changes
-since the watermark by REST search, deletions from `_history`, id reconciliation, and
-group membership.
+"""What a refresh asks the server, apart from the export itself: changes since the
+watermark by REST search, deletions from `_history`, id reconciliation, and group
+membership. (What the server offers is `sources/capabilities.py`'s.)
 
 Every function here only reads from the server and returns what it found; merging into
 the raw store is refresh/run.py's job, so the order of effects stays in one place.
@@ -12,75 +12,19 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
 
 from fhir_spine.errors import ServerError
+from fhir_spine.fhir import Key, instant, parse_instant, reference_id, reference_key
 from fhir_spine.redact import redact_url
-from fhir_spine.sources.bulk import instant, pack_ids, parse_instant
 from fhir_spine.sources.files import RawResource, SourceItem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import QueryLog, RestOptions, Searcher, reference_id
+from fhir_spine.sources.search import QueryLog, RestOptions, Searcher, pack_ids
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 MAX_HISTORY_PAGES = 10_000
-
-
-@dataclass
-class Capabilities:
-    """What `GET metadata` says, and the server's clock when it said it."""
-
-    fhir_version: str
-    history_system: bool
-    history_types: set[str]
-    export_levels: set[str]
-    server_time: datetime | None
-
-    def offers_history(self, types: Sequence[str]) -> bool:
-        return self.history_system or all(t in self.history_types for t in types)
-
-
-def read_capabilities(client: FhirClient) -> Capabilities:
-    response = client.request("GET", "metadata")
-    shown = f"GET {redact_url(client.url('metadata'))}"
-    metadata = client.json_of(response, shown)
-    if metadata.get("resourceType") != "CapabilityStatement":
-        raise ServerError(f"{shown}: not a CapabilityStatement; is this a FHIR base URL?")
-    version = str(metadata.get("fhirVersion") or "")
-    if version and not version.startswith("4.0"):
-        raise ServerError(f"{redact_url(client.base_url)} speaks FHIR {version}; fhir-spine "
-                          "reads R4 (4.0.x)")
-    system = False
-    types: set[str] = set()
-    levels: set[str] = set()
-    for rest in metadata.get("rest") or []:
-        if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
-            continue
-        codes = {i.get("code") for i in rest.get("interaction") or [] if isinstance(i, dict)}
-        system = system or "history-system" in codes
-        if any(isinstance(o, dict) and o.get("name") == "export"
-               for o in rest.get("operation") or []):
-            levels.add("system")
-        for res in rest.get("resource") or []:
-            if not isinstance(res, dict):
-                continue
-            codes = {i.get("code") for i in res.get("interaction") or [] if isinstance(i, dict)}
-            if "history-type" in codes:
-                types.add(str(res.get("type")))
-            if any(isinstance(o, dict) and o.get("name") == "export"
-                   for o in res.get("operation") or []):
-                levels.add("patient" if res.get("type") == "Patient" else "group"
-                           if res.get("type") == "Group" else str(res.get("type")))
-    server_time: datetime | None = None
-    if response.headers.get("Date"):
-        try:
-            server_time = parsedate_to_datetime(response.headers["Date"])
-        except (TypeError, ValueError):
-            server_time = None
-    return Capabilities(version, system, types, levels, server_time)
 
 
 @dataclass
@@ -222,11 +166,9 @@ def _history_key(entry: dict[str, Any]) -> Key | None:
     if isinstance(resource, dict) and resource.get("resourceType") and resource.get("id"):
         return str(resource["resourceType"]), str(resource["id"])
     for candidate in ((entry.get("request") or {}).get("url"), entry.get("fullUrl")):
-        if not isinstance(candidate, str):
-            continue
-        parts = candidate.split("?")[0].split("/_history")[0].rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-1]:
-            return parts[-2], parts[-1]
+        key = reference_key(candidate)
+        if key is not None:
+            return key
     return None
 
 

@@ -151,7 +151,7 @@ class RawStore:
                medication: str | None) -> Change | None:
         """Store `resource` if it is new or newer than the stored copy; the change or None."""
         key = (str(resource["resourceType"]), str(resource["id"]))
-        meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+        meta = m if isinstance(m := resource.get("meta"), dict) else {}
         version = str(meta.get("versionId")) if meta.get("versionId") is not None else None
         updated = str(meta.get("lastUpdated")) if meta.get("lastUpdated") else None
         digest = content_hash(resource)

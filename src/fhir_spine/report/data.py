@@ -20,10 +20,11 @@ import pandas as pd
 
 from fhir_spine import schema
 from fhir_spine.errors import UsageError
+from fhir_spine.pathway.vocabulary import STRATEGIES, STRATEGY_LABELS
 
 MANIFEST = "manifest.json"
-STRATEGIES = ("single-stage", "staged")
-GROUP_LABELS = {"single-stage": "Single-stage", "staged": "Staged", "overall": "Overall"}
+GROUP_LABELS: dict[str, str] = {**{s: STRATEGY_LABELS[s] for s in STRATEGIES},
+                                "overall": "Overall"}
 
 _NUMERIC = {c.name for c in schema.PATIENTS if c.dtype in ("int", "float")}
 _BOOL = {c.name for c in schema.PATIENTS if c.dtype == "bool"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -21,11 +22,15 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fhir_spine.pathway.vocabulary import STRATEGIES  # noqa: E402
 from fhir_spine.report import stats as st  # noqa: E402
-from fhir_spine.report.data import GROUP_LABELS, STRATEGIES, Cohort  # noqa: E402
+from fhir_spine.report.data import GROUP_LABELS, Cohort  # noqa: E402
 from fhir_spine.report.tables import EXCLUSION_LABELS, PRO_MEASURES  # noqa: E402
 
-STYLE = {
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+STYLE: dict[RcKeyType, Any] = {
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.spines.top": False,

@@ -20,47 +20,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fhir_spine.pathway import vocabulary as vocab
+from fhir_spine.pathway.vocabulary import STRATEGIES
 from fhir_spine.report import fmt
 from fhir_spine.report import stats as st
-from fhir_spine.report.data import GROUP_LABELS, STRATEGIES, Cohort
+from fhir_spine.report.data import GROUP_LABELS, Cohort
 
 GROUPS = (*STRATEGIES, "overall")
 
-PRO_MEASURES: tuple[tuple[str, str, str], ...] = (
-    ("vas", "VAS pain", "0-10, lower is better"),
-    ("sosgoq_total", "SOSGOQ2.0 total", "0-100, higher is better"),
-    ("sosgoq_pain", "SOSGOQ2.0 pain", "0-100, higher is better"),
-    ("sosgoq_physical", "SOSGOQ2.0 physical function", "0-100, higher is better"),
-    ("sosgoq_mental", "SOSGOQ2.0 mental health", "0-100, higher is better"),
-    ("sosgoq_social", "SOSGOQ2.0 social function", "0-100, higher is better"),
-)
+# (measure, label, scale) of the measures reported at baseline and at diagnosis.
+PRO_MEASURES: tuple[tuple[str, str, str], ...] = tuple(
+    (m, vocab.PRO_LABELS[m], vocab.PRO_SCALES[m]) for m in vocab.PRO_MEASURES)
 TIMEPOINTS = (("baseline", "Baseline (before biopsy)"), ("at_diagnosis", "At diagnosis"))
 
-ADVERSE_EVENTS = (
-    ("ae_repeat_biopsy", "Repeat biopsy (insufficient sample)"),
-    ("ae_revision", "Revision / reoperation at the index level"),
-    ("ae_unplanned_fixation", "Unplanned urgent fixation"),
-    ("ae_pain_readmission", "Acute pain-related readmission"),
-)
+ADVERSE_EVENTS: tuple[tuple[str, str], ...] = tuple(
+    (ae, vocab.ADVERSE_EVENT_LABELS[ae]) for ae in vocab.ADVERSE_EVENTS)
 
-EXCLUSION_LABELS = {
-    "no-index-biopsy": "no index vertebral biopsy",
-    "biopsy-date-unusable": "biopsy date not on a calendar day",
-    "under-18": "under 18 at the index biopsy",
-    "cervical": "cervical index lesion",
-    "decompression": "decompression for cord compression / deficit",
-    "directed-to-resection": "directed to definitive resection",
-    "histology-not-neoplastic": "histology not neoplastic",
-    "histology-unconfirmed": "histology never confirmed",
-    "no-stabilization": "no stabilization recorded",
-    "stabilization-date-unusable": "stabilization date not on a calendar day",
-    "no-definitive-therapy": "no definitive therapy recorded",
-    "therapy-date-unusable": "therapy start not on a calendar day",
-    "missing-outcome-measures": "missing outcome measures",
-}
+EXCLUSION_LABELS: dict[str, str] = {r: vocab.EXCLUSION_LABELS[r] for r in vocab.EXCLUSION_REASONS}
 
-TUMOUR_LABELS = {"solid-metastasis": "Solid metastasis", "haematological": "Haematological",
-                 "primary-bone": "Primary bone tumour", "other": "Other"}
+TUMOUR_LABELS: dict[str, str] = {g: vocab.TUMOUR_GROUP_LABELS[g] for g in vocab.TUMOUR_GROUPS}
 
 
 @dataclass

@@ -4,6 +4,13 @@ holding a Bundle or a single resource.
 NDJSON is streamed line by line so a large export never sits in memory whole; a Bundle
 file has to be parsed at once. Anything unreadable becomes a `ReadProblem` carrying its
 origin (file and line), so the caller can account for it instead of losing it.
+
+Containers are read the way a server reads them: a Bundle inside a Bundle (a document in
+a collection) is unpacked too; `urn:uuid:` and conditional references
+(`Patient?identifier=system|value`) between a Bundle's entries become `Type/id`. What a
+Bulk Data client leaves beside the NDJSON (its `log.ndjson`, a saved export manifest) is
+recognised as an export artefact: neither a resource read nor an error
+(`sources.export_artefacts`); `FileSource.export_artefacts` keeps what it said.
 """
 
 from __future__ import annotations
@@ -13,31 +20,53 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
 from fhir_spine.errors import UsageError
+from fhir_spine.issues import Severity
+from fhir_spine.sources import conditional
+from fhir_spine.sources.export_artefacts import (
+    ExportArtefact,
+    is_export_manifest,
+    is_log_event,
+    transaction_time,
+)
 
 log = logging.getLogger(__name__)
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 JSON_SUFFIXES = (".json", ".json.gz")
-
-
-@dataclass(frozen=True)
-class RawResource:
-    resource: dict[str, Any]
-    origin: str
+# Bundles inside Bundles deeper than this are not unpacked (real documents-in-collections
+# are one level deep; the limit keeps a hostile file from exhausting the stack).
+MAX_BUNDLE_DEPTH = 8
 
 
 @dataclass(frozen=True)
 class ReadProblem:
+    """Something read that is not a usable resource: one `issues` row, set aside.
+
+    `severity` is `error` unless the input says otherwise (a search's OperationOutcome
+    entry carries its own severity)."""
+
     origin: str
     code: str
     message: str
     resource_type: str = ""
     resource_id: str = ""
+    severity: Severity = "error"
+
+
+@dataclass(frozen=True)
+class RawResource:
+    """A resource and where it was read. `notes` are problems met while reading it that
+    do not stop it being used (an unresolved conditional reference): each one is an
+    `issues` row, but the resource is still counted once and goes on to the views."""
+
+    resource: dict[str, Any]
+    origin: str
+    notes: tuple[ReadProblem, ...] = ()
 
 
 SourceItem = RawResource | ReadProblem
@@ -65,25 +94,54 @@ def fhir_files(folder: Path) -> list[Path]:
     )
 
 
+class FileSource:
+    """A folder as source items, plus what its export artefacts said about it.
+
+    Iterate it for the items. `export_artefacts` is filled while iterating: read it
+    after the items are consumed (the manifest is written after the run)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = check_folder(folder)
+        self.export_artefacts: list[ExportArtefact] = []
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        self.export_artefacts.clear()
+        files = fhir_files(self.folder)
+        if not files:
+            log.warning("no .ndjson or .json files found under %s", self.folder)
+        for path in files:
+            name = str(path.relative_to(self.folder))
+            if path.name.lower().endswith(NDJSON_SUFFIXES):
+                yield from _iter_ndjson(path, name, unpack=True,
+                                        artefacts=self.export_artefacts)
+                continue
+            try:
+                yield from _iter_json(path, name, self.export_artefacts)
+            except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
+                yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
+
+    @property
+    def transaction_time(self) -> str | None:
+        """The export's `transactionTime` from its artefacts, if the folder has any."""
+        return transaction_time(self.export_artefacts)
+
+    def query_info(self) -> dict[str, Any]:
+        """Manifest `query` keys for a folder that came from a Bulk Data export, in the
+        shape the bulk source uses (`transaction_time`); empty for a plain folder."""
+        if not self.export_artefacts:
+            return {}
+        return {"kind": "bulk-export-folder", "transaction_time": self.transaction_time,
+                "export_artefacts": [a.summary() for a in self.export_artefacts]}
+
+
 def iter_folder(folder: Path) -> Iterator[SourceItem]:
-    check_folder(folder)
-    files = fhir_files(folder)
-    if not files:
-        log.warning("no .ndjson or .json files found under %s", folder)
-    for path in files:
-        name = str(path.relative_to(folder))
-        if path.name.lower().endswith(NDJSON_SUFFIXES):
-            yield from iter_ndjson_file(path, name)
-            continue
-        try:
-            yield from _iter_json(path, name)
-        except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
-            yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
+    """The items of `folder` (see `FileSource`, which also keeps the export artefacts)."""
+    yield from FileSource(folder)
 
 
 def _open(path: Path) -> IO[bytes]:
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 
@@ -94,6 +152,23 @@ def iter_ndjson_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[
     `deleted` file is a Bundle per line and is read whole). An unreadable or truncated
     file ends in one `unreadable-file` problem after the lines read so far.
     """
+    yield from _iter_ndjson(path, name, unpack=unpack, artefacts=None)
+
+
+def _iter_ndjson(path: Path, name: str, *, unpack: bool,
+                 artefacts: list[ExportArtefact] | None) -> Iterator[SourceItem]:
+    """`iter_ndjson_file`, plus, when reading a folder (`artefacts` given), what a Bulk
+    Data client leaves beside the output:
+
+    - a file whose first JSON line is a client log event is that client's log: its event
+      lines go into one `ExportArtefact` instead of being read as (non-)resources; any
+      other line in it is read as usual, so a resource is never hidden in a log;
+    - an OperationOutcome line is an `error` file's message from the server: one issues
+      row at its own severity with its text (`error`/`fatal`: data the server could not
+      export), not a resource the pathway ignores in silence.
+    """
+    export_log: ExportArtefact | None = None
+    first = True
     try:
         with _open(path) as handle:
             for number, line in enumerate(handle, start=1):
@@ -106,22 +181,51 @@ def iter_ndjson_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[
                     yield ReadProblem(origin, "malformed-json",
                                       f"{origin}: not valid JSON ({exc})")
                     continue
+                if artefacts is not None and first and is_log_event(value):
+                    export_log = ExportArtefact("client-log", name)
+                    artefacts.append(export_log)
+                first = False
+                if export_log is not None and is_log_event(value):
+                    export_log.add_event(value)
+                    continue
                 if not unpack and isinstance(value, dict) \
                         and value.get("resourceType") == "Bundle":
                     yield RawResource(value, origin)
                     continue
+                if artefacts is not None and isinstance(value, dict) \
+                        and value.get("resourceType") == "OperationOutcome":
+                    yield _outcome_problem(value, origin, "export error file")
+                    continue
                 yield from _resources_of(value, origin)
     except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
         yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
+    if export_log is not None:
+        log.info("%s: Bulk Data client log, %d event(s), transactionTime %s", name,
+                 export_log.events, ", ".join(export_log.transaction_times) or "none")
+        if export_log.errors:
+            log.warning("%s: the export log records %d error event(s), e.g. %s: the export "
+                        "may be incomplete", name, len(export_log.errors),
+                        export_log.errors[0])
+        elif not export_log.complete:
+            log.warning("%s: the export log has no export_complete event: the downloads "
+                        "may not have finished", name)
 
 
-def _iter_json(path: Path, name: str) -> Iterator[SourceItem]:
+def _iter_json(path: Path, name: str,
+               artefacts: list[ExportArtefact] | None = None) -> Iterator[SourceItem]:
+    """One JSON file (gzip or not, the same way as NDJSON): a Bundle, a resource, or a
+    saved Bulk Data export manifest (an artefact, see `sources.export_artefacts`)."""
     with _open(path) as handle:
         data = handle.read()
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         yield ReadProblem(name, "malformed-json", f"{name}: not valid JSON ({exc})")
+        return
+    if artefacts is not None and is_export_manifest(value):
+        artefacts.append(ExportArtefact.from_manifest(name, value))
+        log.info("%s: Bulk Data export manifest, transactionTime %s", name,
+                 value.get("transactionTime"))
         return
     yield from _resources_of(value, name)
 
@@ -137,28 +241,38 @@ def _resources_of(value: Any, origin: str) -> Iterator[SourceItem]:
         yield RawResource(value, origin)
 
 
-def _bundle_entries(bundle: dict[str, Any], origin: str) -> Iterator[SourceItem]:
-    """Unpack a Bundle; resolve `urn:uuid:` references between its entries to `Type/id`,
-    as a server does when it processes a transaction."""
+def _bundle_entries(bundle: dict[str, Any], origin: str, *, depth: int = 0,
+                    outer_aliases: dict[str, str] | None = None) -> Iterator[SourceItem]:
+    """Unpack a Bundle as a server processes it.
+
+    References between its entries become `Type/id`: `urn:uuid:` and other `fullUrl`s
+    (the nearest Bundle's own entries first, then the enclosing Bundle's), and
+    conditional references (`Type?search`) that match exactly one entry of this Bundle.
+    A Bundle entry (a document inside a collection) is unpacked in turn. A search's
+    OperationOutcome entry (`search.mode = outcome`) is the server talking, not data: one
+    `issues` row at the outcome's own severity with its text.
+    """
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         yield ReadProblem(origin, "invalid-bundle", f"{origin}: Bundle.entry is not a list")
         return
-    aliases: dict[str, str] = {}
+    searchset = bundle.get("type") == "searchset"
+    own_aliases: dict[str, str] = {}
     resources: list[tuple[str, dict[str, Any]]] = []
     for index, entry in enumerate(entries):
-        where = f"{origin}#entry[{index}]"
+        where = f"{origin}#entry[{index}]" if depth == 0 else f"{origin}.entry[{index}]"
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            method = ((entry or {}).get("request") or {}).get("method") if isinstance(
-                entry, dict) else None
+            request = entry.get("request") if isinstance(entry, dict) else None
+            method = request.get("method") if isinstance(request, dict) else None
             yield ReadProblem(where, "not-a-resource",
                               f"{where}: bundle entry without a resource"
                               + (f" (request {method})" if method else ""))
             continue
-        if (entry.get("search") or {}).get("mode") == "outcome":
-            yield ReadProblem(where, "operation-outcome", f"{where}: OperationOutcome entry",
-                              resource.get("resourceType", ""), str(resource.get("id", "")))
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        if mode == "outcome" or (searchset and resource["resourceType"] == "OperationOutcome"):
+            yield _outcome_problem(resource, where, "search results")
             continue
         full_url = entry.get("fullUrl")
         if not resource.get("id"):
@@ -166,31 +280,129 @@ def _bundle_entries(bundle: dict[str, Any], origin: str) -> Iterator[SourceItem]
             if derived:
                 resource = {**resource, "id": derived}
         if isinstance(full_url, str) and resource.get("id"):
-            aliases[full_url] = f"{resource['resourceType']}/{resource['id']}"
+            own_aliases[full_url] = f"{resource['resourceType']}/{resource['id']}"
         resources.append((where, resource))
+    aliases = {**(outer_aliases or {}), **own_aliases}
+    refs = _References(aliases, [r for _, r in resources if r["resourceType"] != "Bundle"])
     for where, resource in resources:
-        yield RawResource(_rewrite_references(resource, aliases) if aliases else resource, where)
+        if resource["resourceType"] != "Bundle":
+            yield refs.rewrite(resource, where)
+        elif depth + 1 > MAX_BUNDLE_DEPTH:
+            yield ReadProblem(where, "bundle-too-deep",
+                              f"{where}: Bundle nested more than {MAX_BUNDLE_DEPTH} deep; "
+                              "not unpacked", "Bundle", str(resource.get("id") or ""))
+        else:
+            yield from _bundle_entries(resource, where, depth=depth + 1, outer_aliases=aliases)
 
 
 def _id_from_entry(entry: dict[str, Any]) -> str | None:
     full_url = entry.get("fullUrl")
     if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
         return full_url.removeprefix("urn:uuid:")
-    url = (entry.get("request") or {}).get("url")
+    request = entry.get("request")
+    url = request.get("url") if isinstance(request, dict) else None
     if isinstance(url, str) and "/" in url and "?" not in url:
         return url.rstrip("/").rsplit("/", 1)[-1]
     return None
 
 
-def _rewrite_references(value: Any, aliases: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item in aliases:
-                out[key] = aliases[item]
-            else:
-                out[key] = _rewrite_references(item, aliases)
-        return out
-    if isinstance(value, list):
-        return [_rewrite_references(v, aliases) for v in value]
-    return value
+class _References:
+    """Rewrites the references of one Bundle's resources to `Type/id`.
+
+    An unresolved conditional reference is reported once per Bundle, on the first entry
+    that uses it: Synthea-style Bundles repeat one `Practitioner?identifier=...` in
+    hundreds of entries, and one problem is one row."""
+
+    def __init__(self, aliases: dict[str, str], candidates: list[dict[str, Any]]) -> None:
+        self.aliases = aliases
+        self.candidates = candidates
+        self.resolved: dict[str, conditional.Resolution] = {}  # one search per reference
+
+    def rewrite(self, resource: dict[str, Any], where: str) -> RawResource:
+        unresolved: dict[str, conditional.Resolution] = {}
+        try:
+            rewritten = self._walk(resource, unresolved)
+        except RecursionError:  # absurdly deep data: keep it as sent, the views decide
+            return RawResource(resource, where)
+        rtype, rid = str(resource["resourceType"]), str(resource.get("id") or "")
+        notes = tuple(_unresolved_note(ref, res, rtype, rid, where)
+                      for ref, res in unresolved.items())
+        return RawResource(rewritten, where, notes)
+
+    def _walk(self, value: Any, unresolved: dict[str, conditional.Resolution]) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key == "reference" and isinstance(item, str):
+                    out[key] = self._target(item, unresolved)
+                else:
+                    out[key] = self._walk(item, unresolved)
+            return out
+        if isinstance(value, list):
+            return [self._walk(v, unresolved) for v in value]
+        return value
+
+    def _target(self, reference: str, unresolved: dict[str, conditional.Resolution]) -> str:
+        if reference in self.aliases:
+            return self.aliases[reference]
+        if not conditional.is_conditional(reference):
+            return reference
+        resolution = self.resolved.get(reference)
+        if resolution is None:
+            resolution = conditional.resolve(reference, self.candidates)
+            self.resolved[reference] = resolution
+            if resolution.outcome != "resolved":
+                unresolved[reference] = resolution  # reported once, on its first user
+        return resolution.target if resolution.outcome == "resolved" else reference
+
+
+def _unresolved_note(reference: str, resolution: conditional.Resolution, rtype: str,
+                     rid: str, where: str) -> ReadProblem:
+    """An issues row for a conditional reference left as it is. Several matches is an
+    error (two resources claim the same identity); no match, or a search this reader
+    cannot run, is a warning (the target may be elsewhere; the reference is kept)."""
+    left = "left unresolved here and in every other entry of the Bundle that uses it"
+    if resolution.outcome == "several":
+        return ReadProblem(where, "conditional-reference-ambiguous",
+                           f"{rtype} refers to {reference!r}: {resolution.detail}; a server "
+                           f"would reject the transaction; {left}", rtype, rid, "error")
+    return ReadProblem(where, "conditional-reference-unresolved",
+                       f"{rtype} refers to {reference!r}: {resolution.detail}; {left}",
+                       rtype, rid, "warning")
+
+
+_OUTCOME_SEVERITY: dict[str, Severity] = {
+    "fatal": "error", "error": "error", "warning": "warning", "information": "info"}
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def _outcome_problem(outcome: dict[str, Any], where: str, carrier: str) -> ReadProblem:
+    """A server's OperationOutcome carried in the data (a search's `outcome` entry, a
+    line of a Bulk Data `error` file) as one problem at its worst issue's severity
+    (`fatal`/`error` -> error, `warning`, `information` -> info; unknown -> error) with
+    every issue's text. Counted as read and set aside: it is in the input, it is no data."""
+    severities: list[Severity] = []
+    texts: list[str] = []
+    issues = outcome.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        raw = issue.get("severity")
+        severities.append(_OUTCOME_SEVERITY.get(raw, "error") if isinstance(raw, str)
+                          else "error")
+        raw_details = issue.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+        raw_codings = details.get("coding")
+        codings = raw_codings if isinstance(raw_codings, list) else []
+        first = codings[0] if codings and isinstance(codings[0], dict) else {}
+        text = (issue.get("diagnostics") or details.get("text") or first.get("display")
+                or issue.get("code") or "no text")
+        at = issue.get("expression") or issue.get("location")
+        at = ", ".join(str(x) for x in at) if isinstance(at, list) else ""
+        texts.append(f"{raw if isinstance(raw, str) else 'error'}: {text}"
+                     + (f" (at {at})" if at else ""))
+    severity = min(severities, key=_SEVERITY_RANK.__getitem__) if severities else "error"
+    message = " ".join(f"{where}: server message in {carrier}: "
+                       f"{'; '.join(texts) or 'OperationOutcome without issues'}".split())
+    return ReadProblem(where, "operation-outcome", message[:1000], "OperationOutcome",
+                       str(outcome.get("id") or ""), severity)

@@ -6,14 +6,21 @@ and drop connections; a nightly pull must ride that out without hammering them a
 without hanging forever. So transient failures are retried with exponential backoff and
 jitter, a server's `Retry-After` is obeyed, and the total time spent retrying one
 request is bounded (`retry_time`). Everything else (400, 404, 500, ...) fails at once
-with a one-line message naming the request, because retrying it cannot help.
+with a one-line message naming the request, because retrying it cannot help. Bulk
+export files go through the same policy: `FhirClient.download` streams a body to disk
+inside the same retry loop.
+
+This module stays long on purpose: that one policy (retries, `Retry-After`, credential
+renewal, the error messages) is kept in one place for every request fhir-spine sends.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import email.utils
+import hashlib
 import logging
+import os
 import random
 import re
 import threading
@@ -21,7 +28,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -31,19 +39,22 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from fhir_spine import __version__
-from fhir_spine.auth import Auth, auth_from_args
+from fhir_spine.auth import Auth
 from fhir_spine.errors import AuthError, ServerError, ServerUnreachable, UsageError
-from fhir_spine.redact import install_log_redaction, redact_url, scrub
+from fhir_spine.redact import redact_url, scrub
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 USER_AGENT = f"fhir-spine/{__version__}"
 FormArg = Mapping[str, str] | Callable[[], Mapping[str, str]]
+# Reads an answer's body (inside the retries: a body can break too); returns its size.
+BodyReader = Callable[[requests.Response], int]
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Characters kept readable in the query strings we build; `|` is escaped because some
 # servlet containers reject it unescaped.
 QUERY_SAFE = ",:/"
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,16 @@ class RequestStats:
                     "bytes_received": self.bytes_received,
                     "by_status": dict(sorted(self.by_status.items())),
                     "by_method": dict(sorted(self.by_method.items()))}
+
+
+@dataclass(frozen=True)
+class Download:
+    """A body streamed to a file by `FhirClient.download`."""
+
+    path: Path
+    size: int
+    sha256: str
+    gzip: bool      # the bytes on disk are gzip (a server that sends .ndjson.gz files)
 
 
 class _Transient(Exception):  # noqa: N818 - internal signal, never shown
@@ -233,17 +254,37 @@ class FhirClient:
         `url` is used exactly as given (a `next` link is followed verbatim). With
         `raise_for_status` an error status becomes `AuthError` / `ServerError`.
         """
-        url = self.url(url)
-        shown = f"{method} {redact_url(url)}"
-        sent = self._headers(url, headers, authenticated)
-        response = self._with_retries(method, url, shown, body, form, sent, retry)
-        if response.status_code == 401 and authenticated and self.auth.kind != "none" \
-                and self.auth.on_unauthorized(self, sent):
-            sent = self._headers(url, headers, authenticated)
-            response = self._with_retries(method, url, shown, body, form, sent, retry)
-        if raise_for_status and response.status_code >= 400:
-            raise self._status_error(shown, response, authenticated)
-        return response
+        return self._send(method, url, body, form, headers, authenticated, retry,
+                          raise_for_status, None)
+
+    def download(self, url: str, path: Path, *, accept: str,
+                 authenticated: bool = True) -> Download:
+        """GET `url` streamed into `path`, never whole in memory (an export file can be
+        gigabytes), under the same rules as `request`: transient failures retried (a
+        connection dropped mid-body too), `Retry-After` obeyed, credentials renewed once
+        on 401, an error status raised. An HTML answer is a `ServerError`. `path` is
+        removed when the download fails."""
+        got: list[Download] = []
+
+        def read(response: requests.Response) -> int:
+            if response.status_code >= 400 or "html" in response.headers.get(
+                    "Content-Type", "").lower():
+                return len(response.content)
+            got.append(_stream_to(response, path))
+            return got[-1].size
+
+        try:
+            response = self._send("GET", url, None, None, {"Accept": accept}, authenticated,
+                                  True, True, read)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        if not got:
+            raise ServerError(f"GET {redact_url(url)}: answered {response.status_code} with "
+                              "an HTML page instead of the file; is a login page or proxy in "
+                              "the way?", status=response.status_code)
+        return got[-1]
 
     def fetch_json(self, url: str, *, params: Sequence[tuple[str, str]] | None = None,
                    authenticated: bool = True, accept: str = FHIR_JSON) -> dict[str, Any]:
@@ -290,6 +331,21 @@ class FhirClient:
 
     # ------------------------------------------------------------- internals
 
+    def _send(self, method: str, url: str, body: bytes | None, form: FormArg | None,
+              headers: Mapping[str, str] | None, authenticated: bool, retry: bool,
+              raise_for_status: bool, read: BodyReader | None) -> requests.Response:
+        url = self.url(url)
+        shown = f"{method} {redact_url(url)}"
+        sent = self._headers(url, headers, authenticated)
+        response = self._with_retries(method, url, shown, body, form, sent, retry, read)
+        if response.status_code == 401 and authenticated and self.auth.kind != "none" \
+                and self.auth.on_unauthorized(self, sent):
+            sent = self._headers(url, headers, authenticated)
+            response = self._with_retries(method, url, shown, body, form, sent, retry, read)
+        if raise_for_status and response.status_code >= 400:
+            raise self._status_error(shown, response, authenticated)
+        return response
+
     def _headers(self, url: str, extra: Mapping[str, str] | None,
                  authenticated: bool) -> dict[str, str]:
         headers = dict(extra or {})
@@ -303,8 +359,8 @@ class FhirClient:
         return headers
 
     def _with_retries(self, method: str, url: str, shown: str, body: bytes | None,
-                      form: FormArg | None, headers: dict[str, str],
-                      retry: bool) -> requests.Response:
+                      form: FormArg | None, headers: dict[str, str], retry: bool,
+                      read: BodyReader | None) -> requests.Response:
         start = self._clock()
         settings = self.settings
 
@@ -332,7 +388,7 @@ class FhirClient:
         retrying = Retrying(stop=stop, wait=wait, retry=retry_if_exception_type(_Transient),
                             sleep=self._sleep, before_sleep=before_sleep, reraise=True)
         try:
-            return retrying(self._attempt, method, url, shown, body, form, headers)
+            return retrying(self._attempt, method, url, shown, body, form, headers, read)
         except _Transient as exc:
             spent = self._clock() - start
             attempts = retrying.statistics.get("attempt_number", 1)
@@ -346,12 +402,13 @@ class FhirClient:
             if exc.retry_after is not None and exc.retry_after > settings.retry_time:
                 hint += f"; it asked to wait {exc.retry_after:.0f} s, more than " \
                         f"--retry-time {settings.retry_time:.0f} s"
-            detail = self._body_detail(exc.response) if exc.response is not None else ""
+            detail = _suffix(error_detail(exc.response)) if exc.response is not None else ""
             raise ServerError(scrub(f"{shown}: {exc.reason}{detail} ({tried}){hint}"),
                               status=exc.status) from None
 
     def _attempt(self, method: str, url: str, shown: str, body: bytes | None,
-                 form: FormArg | None, headers: dict[str, str]) -> requests.Response:
+                 form: FormArg | None, headers: dict[str, str],
+                 read: BodyReader | None) -> requests.Response:
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
         if callable(form):
             form = form()
@@ -361,8 +418,10 @@ class FhirClient:
             # which would silently ignore --ca-bundle and --insecure.
             response = self.session.request(method, url, data=form if form is not None else body,
                                             headers=headers, timeout=timeout,
-                                            verify=self.settings.verify)
-            content = response.content  # read the body inside the try: it can break too
+                                            verify=self.settings.verify,
+                                            stream=read is not None)
+            with response:  # read the body inside the try: it can break too
+                size = read(response) if read is not None else len(response.content)
         except requests.exceptions.SSLError as exc:
             self.stats.record(method, "tls-error", 0)
             raise ServerUnreachable(scrub(
@@ -374,8 +433,8 @@ class FhirClient:
                 else "connection failed"
             self.stats.record(method, "no-answer", 0)
             raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True) from None
-        self.stats.record(method, response.status_code, len(content))
-        log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, len(content),
+        self.stats.record(method, response.status_code, size)
+        log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, size,
                   (time.monotonic() - started) * 1000)
         if response.status_code in RETRY_STATUSES:
             raise _Transient(f"{response.status_code} {response.reason or ''}".strip(),
@@ -388,7 +447,7 @@ class FhirClient:
                       authenticated: bool) -> Exception:
         status = response.status_code
         head = f"{shown}: {status} {response.reason or ''}".rstrip()
-        detail = self._body_detail(response)
+        detail = _suffix(error_detail(response))
         if status == 401:
             if self.auth.kind == "none" or not authenticated:
                 hint = "; the server wants credentials: see docs/server.md (FHIR_SPINE_TOKEN, " \
@@ -401,25 +460,31 @@ class FhirClient:
                                    "the scope or permission for this request"))
         return ServerError(scrub(head + detail), status=status)
 
-    @staticmethod
-    def _body_detail(response: requests.Response) -> str:
-        content = response.content or b""
-        if not content.strip():
-            return ""
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            text = content[:4096].decode("utf-8", "replace")
-            if text.lstrip().startswith("<"):
-                title = _html_title(text)
-                return f": HTML page {title!r}" if title else ": HTML page"
-            return f": {one_line(text, 200)}"
-        text = outcome_text(body)
-        if text:
-            return f": {text}"
-        if isinstance(body, dict) and ("error" in body or "error_description" in body):
-            return f": {one_line(str(body.get('error', '')) + ' ' + str(body.get('error_description', '')))}"  # noqa: E501
+
+def error_detail(response: requests.Response) -> str:
+    """What an error answer's body says, on one line: an OperationOutcome's issues, an
+    OAuth error, the title of an HTML page, or the start of a plain text; else ""."""
+    content = response.content or b""
+    if not content.strip():
         return ""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        text = content[:4096].decode("utf-8", "replace")
+        if text.lstrip().startswith("<"):
+            title = _html_title(text)
+            return f"HTML page {title!r}" if title else "HTML page"
+        return one_line(text, 200)
+    text = outcome_text(body)
+    if text:
+        return text
+    if isinstance(body, dict) and ("error" in body or "error_description" in body):
+        return one_line(f"{body.get('error', '')} {body.get('error_description', '')}")
+    return ""
+
+
+def _suffix(detail: str) -> str:
+    return f": {detail}" if detail else ""
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -438,26 +503,21 @@ def _root_cause(exc: BaseException) -> str:
     return one_line(text, 200) or type(exc).__name__
 
 
-# ------------------------------------------------------------------- command line
-
-def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
-    if args.ca_bundle is not None and args.insecure:
-        raise UsageError("--ca-bundle and --insecure contradict each other")
-    verify: bool | str = True
-    if args.ca_bundle is not None:
-        if not args.ca_bundle.is_file():
-            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
-        verify = str(args.ca_bundle)
-    elif args.insecure:
-        verify = False
-    if args.timeout <= 0 or args.retry_time < 0:
-        raise UsageError("--timeout must be > 0 and --retry-time >= 0")
-    auth = auth_from_args(args)
-    install_log_redaction()
-    settings = HttpSettings(read_timeout=args.timeout, retry_time=args.retry_time,
-                            verify=verify, pool_size=max(10, workers * 2))
-    return FhirClient(args.server, auth=auth, settings=settings)
-
-
-def now_instant() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _stream_to(response: requests.Response, path: Path) -> Download:
+    """Body to `path` (a Content-Encoding is undone by requests), synced to disk."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        for chunk in response.iter_content(CHUNK):
+            if not chunk:
+                continue
+            if len(head) < 2:
+                head += chunk[:2]
+            handle.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Download(path, size, digest.hexdigest(), head[:2] == b"\x1f\x8b")

@@ -45,7 +45,7 @@ def _free_traits(rng: random.Random, cervical: bool = False) -> Traits:
     band = rng.choice(list(ECOG_WITHIN_BAND))
     scores = draw_scores(
         rng, lesion, rng.randint(lo, hi),
-        tuple(_clip(rng.gauss(m, s), 0, 10) for m, s in spec.vas),  # type: ignore[arg-type]
+        (_clip(rng.gauss(*spec.vas[0]), 0, 10), _clip(rng.gauss(*spec.vas[1]), 0, 10)),
         {d: (_clip(rng.gauss(*spec.sosgoq[d][0]), 0, 100),
              _clip(rng.gauss(*spec.sosgoq[d][1]), 0, 100)) for d in SOSGOQ_DOMAINS},
         rng.choices(list(ECOG_WITHIN_BAND[band]), list(ECOG_WITHIN_BAND[band].values()))[0],

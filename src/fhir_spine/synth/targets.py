@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fhir_spine.pathway import vocabulary
+
 BASE_PATIENTS = 100
 BASE_INCLUDED = 65
 BASE_SINGLE = 21
@@ -16,19 +18,12 @@ BASE_STAGED = 44
 INCLUDED_FRACTION = BASE_INCLUDED / BASE_PATIENTS
 MIN_EXCLUDED_FOR_ALL_REASONS = 20  # from this size on, every exclusion reason appears
 
-# Profile order: patients.exclusion_reasons lists reasons in exactly this order.
-EXCLUSION_REASONS: tuple[str, ...] = (
-    "no-index-biopsy",
-    "under-18",
-    "cervical",
-    "decompression",
-    "directed-to-resection",
-    "histology-not-neoplastic",
-    "histology-unconfirmed",
-    "no-stabilization",
-    "no-definitive-therapy",
-    "missing-outcome-measures",
-)
+# Profile order: patients.exclusion_reasons lists reasons in exactly this order. The
+# names are the pathway's (one vocabulary); which patient has which reason is synth's own.
+# The generator places every record it makes on a day, so it never produces the reasons
+# that name an unusable date (`*-date-unusable`); those are tested on their own.
+EXCLUSION_REASONS: tuple[str, ...] = tuple(
+    r for r in vocabulary.EXCLUSION_REASONS if r not in vocabulary.DATE_EXCLUSION_REASONS)
 # Who gets the excluded patients beyond an even split (35 = 3 x 10 + these 5 first).
 EXTRA_EXCLUSION_ORDER: tuple[str, ...] = (
     "no-stabilization",

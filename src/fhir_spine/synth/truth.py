@@ -3,7 +3,7 @@
 This is an independent oracle for `fhir_spine.pathway` (the system under test), so it
 never imports it. It reads the plan's records, which carry their clinical meaning
 directly (a procedure's kind, a report's finding, a condition's concept), and applies
-the rules of `profiles/README.md` with the defaults of `mappings/settings.yaml`:
+the rules of `profiles/README.md` with the defaults of `fhir_spine/mappings/settings.yaml`:
 statuses that do not count, partial dates that cannot be placed, session links,
 windows. Decoys added by `variants.py` go through the same rules, which is how the
 generator checks that no decoy changes an answer.
@@ -14,6 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from fhir_spine.pathway.vocabulary import (
+    BASELINE_MEASURES,
+    EXCLUSION_REASONS,
+    PRO_MEASURES,
+    ExclusionReason,
+)
 from fhir_spine.synth.model import (
     ConditionPlan,
     ObservationPlan,
@@ -22,13 +28,12 @@ from fhir_spine.synth.model import (
     ReportPlan,
     When,
 )
-from fhir_spine.synth.targets import EXCLUSION_REASONS
 from fhir_spine.synth.vocab import DRUGS, SINS_COMPONENTS
 
 
 @dataclass(frozen=True)
 class Rules:
-    """The defaults of mappings/settings.yaml that the truth depends on (a test compares)."""
+    """The defaults of fhir_spine/mappings/settings.yaml the truth depends on (tested)."""
 
     same_session_gap_hours: int = 6
     therapy_modality_window_days: int = 30
@@ -84,7 +89,7 @@ class Facts:
     therapy_start: date | None = None
     therapy_events: list[tuple[When, str, str]] = field(default_factory=list)  # when, modality, key
     modalities: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[ExclusionReason] = field(default_factory=list)
 
     @property
     def index_day(self) -> date | None:
@@ -141,10 +146,10 @@ def analyse(plan: PatientPlan, rules: Rules = DEFAULT_RULES) -> Facts:
 def _stabilization(plan: PatientPlan, facts: Facts, rules: Rules) -> None:
     assert facts.index is not None  # noqa: S101 - analyse() checked
     stabs = completed(plan, "stabilization", rules)
-    for stab in stabs:
-        link = session_link(facts.index, stab, rules)
+    for candidate in stabs:
+        link = session_link(facts.index, candidate, rules)
         if link:
-            facts.stabilization, facts.strategy, facts.basis = stab, "single-stage", link
+            facts.stabilization, facts.strategy, facts.basis = candidate, "single-stage", link
             break
     else:
         later = [s for s in stabs if s.start.sort_key() > facts.index.start.sort_key()]
@@ -303,10 +308,10 @@ def metastatic_outside(plan: PatientPlan, facts: Facts, rules: Rules = DEFAULT_R
 # ---------------------------------------------------------------- exclusion
 
 
-def _reasons(plan: PatientPlan, facts: Facts, rules: Rules) -> list[str]:
+def _reasons(plan: PatientPlan, facts: Facts, rules: Rules) -> list[ExclusionReason]:
     index = facts.index
     assert index is not None and facts.index_day is not None  # noqa: S101 - analyse() checked
-    found: set[str] = set()
+    found: set[ExclusionReason] = set()
     if age_at(plan.birth_date, facts.index_day) < rules.minimum_age_years:
         found.add("under-18")
     if any(level.startswith(rules.excluded_level_prefixes) for level in index.levels):
@@ -398,14 +403,13 @@ def truth_row(plan: PatientPlan, rules: Rules = DEFAULT_RULES) -> dict[str, str]
         "metastatic_outside_index": metastatic_outside(plan, f, rules),
         "tumour_group": tumour_group(plan, f, rules),
     }
-    for measure in ("sins_total", "ecog", "asa"):
+    for measure in BASELINE_MEASURES:
         obs = baseline(plan, measure, f, rules)
         row[measure] = int(obs.value) if obs else None
-    for measure in ("vas", "sosgoq_total", "sosgoq_pain", "sosgoq_physical", "sosgoq_mental",
-                    "sosgoq_social"):
-        first, near = baseline(plan, measure, f, rules), at_diagnosis(plan, measure, f, rules)
-        row[f"{measure}_baseline"] = float(first.value) if first else None
-        row[f"{measure}_at_diagnosis"] = float(near.value) if near else None
+    for pro in PRO_MEASURES:
+        first, near = baseline(plan, pro, f, rules), at_diagnosis(plan, pro, f, rules)
+        row[f"{pro}_baseline"] = float(first.value) if first else None
+        row[f"{pro}_at_diagnosis"] = float(near.value) if near else None
     # Counts: a patient without the events has zero of them, never "not applicable".
     row["ae_repeat_biopsy"] = f.repeat_biopsies
     row["ae_revision"] = f.revisions

@@ -1,13 +1,15 @@
 """The synthetic hospital's vocabulary: which codes its records carry.
 
 The generator plays a FHIR *source*, so it keeps its own code lists instead of reading
-`mappings/concepts.yaml`: a test checks that every pathway code used here is one the
+`fhir_spine/mappings/concepts.yaml`: a test checks that every pathway code used here is one the
 default mappings know, which catches drift on either side.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from fhir_spine.pathway.vocabulary import TumourGroup
 
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -157,7 +159,7 @@ class Tumour:
     """A primary tumour the cohort can carry, with what follows from it clinically."""
 
     key: str
-    group: str  # solid-metastasis | haematological | primary-bone | other
+    group: TumourGroup
     code: Code  # primary cancer Condition.code (ICD-10-CM)
     conclusion: tuple[Code, ...]  # pathology conclusionCode (same tumour group)
     drugs: tuple[str, ...]  # keys of SYSTEMIC_DRUGS, first-line options
@@ -210,7 +212,6 @@ TUMOURS: tuple[Tumour, ...] = (
     Tumour("melanoma", "other", Code(ICD10CM, "C43.9", "Malignant melanoma of skin, unspecified"),
            (Code(ICD10CM, "C43.9"),), ("pembrolizumab",)),
 )
-TUMOUR_GROUPS = ("solid-metastasis", "haematological", "primary-bone", "other")
 
 # The spinal lesion of a solid / other primary: secondary malignant neoplasm of bone.
 LESION_CODES = (
@@ -313,8 +314,4 @@ PAIN_REASONS = (
     Code(SCT, "161891005", "Backache"),
     Code(SCT, "279039007", "Low back pain"),
     Code(LOCAL, "spinal-pain", "Spinal pain"),
-)
-OTHER_REASONS = (
-    Code(SCT, "386661006", "Fever"),
-    Code(SCT, "267036007", "Dyspnea"),
 )

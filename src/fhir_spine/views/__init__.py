@@ -2,9 +2,10 @@
 
 Typical use::
 
+    from fhir_spine.settings import DEFAULT_MAPPINGS
     from fhir_spine.views import compile_view, load_view
 
-    view = compile_view(load_view("mappings/views/Procedure.json"))
+    view = compile_view(load_view(DEFAULT_MAPPINGS / "views" / "Procedure.json"))
     for resource in resources:
         for row in view.rows(resource):
             ...

@@ -80,7 +80,7 @@ class FhirPathError(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
-class _RaisingErrorListener(ErrorListener):  # type: ignore[misc]
+class _RaisingErrorListener(ErrorListener):
     """ANTLR listener that turns the first syntax error into an exception."""
 
     def syntaxError(  # noqa: N802 - ANTLR callback name
@@ -460,14 +460,14 @@ _TYPE_MATCHES: dict[tuple[str, str, str | None], bool] = {}
 
 def _of_type(items: list[_Item], wanted: TypeInfo) -> list[_Item]:
     """``ofType(wanted)``, answered by fhirpathpy's own type test and memoised per path."""
-    kept = []
+    kept: list[tuple[Any, str | None]] = []
     for data, path in items:
         if path is None:
             raise _NotFast  # fhirpathpy cannot type a path-less node either
         key = (path, wanted.name, wanted.namespace)
         matches = _TYPE_MATCHES.get(key)
         if matches is None:
-            TypeInfo.model = R4_MODEL
+            TypeInfo.model = R4_MODEL  # type: ignore[assignment]  # fhirpathpy declares it None
             # The node's type depends on its path only (never on its data) once the
             # model is set, so one answer per path holds for every node.
             matches = bool(ResourceNode({}, path).get_type_info().is_(wanted))
@@ -737,7 +737,7 @@ class CompiledPath:
         # pinned: fhirpathpy otherwise keeps it in a global only `is`/`as` set, which
         # would make `ofType` subtype-aware or not depending on earlier calls.
         fp_constants.reset()
-        TypeInfo.model = R4_MODEL
+        TypeInfo.model = R4_MODEL  # type: ignore[assignment]  # fhirpathpy declares it None
         root = arraify(focus)
         env = {"context": focus, "ucum": "http://unitsofmeasure.org"}
         if variables:

@@ -203,7 +203,8 @@ class CompiledView:
         if plan.repeat:
             foci = self._descendants(plan.repeat, focus, env, resource)
         else:
-            foci = self._nodes(plan.for_each, focus, env, resource)  # type: ignore[arg-type]
+            assert plan.for_each is not None  # neither forEach nor repeat returned above
+            foci = self._nodes(plan.for_each, focus, env, resource)
         rows: list[Row] = []
         for index, item in enumerate(foci):
             rows.extend(self._emit(plan, item, index, env, resource))
