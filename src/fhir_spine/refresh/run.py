@@ -52,7 +52,7 @@ from typing import Any
 
 from fhir_spine.dataset import PART_FORMAT, Dataset, Part, issue_counts, manifest
 from fhir_spine.errors import ServerError
-from fhir_spine.fhir import BY_ID_TYPES, export_types, instant, parse_instant
+from fhir_spine.fhir import BY_ID_TYPES, OPTIONAL_TYPES, export_types, instant, parse_instant
 from fhir_spine.outputs import publish, write_dataset
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.bulk import BulkExporter, BulkRequest, BulkResult
@@ -234,6 +234,8 @@ class Refresh:
             try:
                 store.begin()
                 caps = read_capabilities(self.client)
+                self.types = tuple(t for t in self.types  # optional types the server lacks
+                                   if t not in OPTIONAL_TYPES or t in caps.types)
                 if full:
                     store.clear()
                     watermark, source = self._pull_full(caps)
