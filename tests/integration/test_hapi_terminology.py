@@ -271,6 +271,56 @@ def test_code_system_above_hapis_deferral_size_is_usable_at_once(hapi_server):
     assert len(expansion["contains"]) == n + 1
 
 
+def test_replaced_code_system_is_used_at_once(hapi_server):
+    """A PUT that changes the hierarchy is visible to the very next $subsumes and $expand."""
+    url = "urn:fhir-spine:test:replaced-code-system"
+    base = hapi_server.base_url
+
+    def code_system(children_of_a: list[str], roots: list[str]) -> dict:
+        return {
+            "resourceType": "CodeSystem",
+            "id": "fhir-spine-test-replaced",
+            "url": url,
+            "status": "active",
+            "content": "complete",
+            "hierarchyMeaning": "is-a",
+            "concept": [{"code": "a", "concept": [{"code": c} for c in children_of_a]}]
+            + [{"code": r} for r in roots],
+        }
+
+    value_set = {
+        "resourceType": "ValueSet",
+        "status": "active",
+        "compose": {
+            "include": [
+                {"system": url, "filter": [{"property": "concept", "op": "is-a", "value": "a"}]}
+            ]
+        },
+    }
+    expand_body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "valueSet", "resource": value_set}],
+    }
+
+    def state() -> tuple[str, set[str]]:
+        outcome = _parameter(
+            _get(base, "CodeSystem/$subsumes", {"system": url, "codeA": "a", "codeB": "b"}),
+            "outcome",
+        )
+        r = requests.post(
+            f"{base}/ValueSet/$expand", json=expand_body, headers=HEADERS, timeout=TIMEOUT
+        )
+        assert r.status_code == 200, r.text[:2000]
+        return outcome, {c["code"] for c in r.json()["expansion"].get("contains", [])}
+
+    _put(base, code_system(["b", "c"], []))
+    assert state() == ("subsumes", {"a", "b", "c"})
+    _put(base, code_system(["c"], ["b"]))
+    assert state() == ("not-subsumed", {"a", "c"})
+    _put(base, code_system(["b", "c"], []))
+    assert state() == ("subsumes", {"a", "b", "c"})
+
+
 # -- CapabilityStatement ----------------------------------------------------------------------
 def test_capability_statement_lists_terminology_operations(hapi_server):
     cs = _get(hapi_server.base_url, "metadata")
