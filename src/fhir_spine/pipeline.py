@@ -71,6 +71,9 @@ class Extraction:
     counts: Accounting
     pending_medications: Mapping[str, str]
     referenced_medications: frozenset[str]
+    # Resources set aside that need no attention (QUIET_REASONS): counted, not an
+    # `issues` row each. reason -> resource type -> resources.
+    set_aside_counted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def patients(self) -> frozenset[str]:
@@ -88,6 +91,28 @@ class Extraction:
         return [*self.read_issues, *self.normalise_issues,
                 *unreferenced_medications(self.pending_medications,
                                           self.referenced_medications)]
+
+
+# Set-aside reasons that need no one's attention: a type the pathway does not read, a
+# code no concept maps (its code is in `codes`, unmapped first). Counted per reason and
+# type in the manifest (`set_aside_counted`), never an `issues` row each: on a real
+# export they are nearly every resource read.
+QUIET_REASONS = frozenset({"unsupported-type", "unmapped-code"})
+
+
+def is_quiet(issue: Issue) -> bool:
+    return issue.sets_aside and issue.severity == "info" and issue.code in QUIET_REASONS
+
+
+def count_quiet(counts: dict[str, Counter[str]], issues: Iterable[Issue]) -> list[Issue]:
+    """The issues that need attention; the quiet ones are added to `counts`."""
+    kept = []
+    for issue in issues:
+        if is_quiet(issue):
+            counts.setdefault(issue.code, Counter())[issue.resource_type] += 1
+        else:
+            kept.append(issue)
+    return kept
 
 
 def unreferenced_medications(pending: Mapping[str, str], referenced: Iterable[str]
@@ -121,12 +146,15 @@ def extract(
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
 
     counts, pending = _account(reader, normalised, results)
+    quiet = reader.quiet
+    normalise_issues = count_quiet(quiet, normalised.issues)
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
-        normalised.issues + age_notes(normalised, results), normalised.codes,
+        (*normalise_issues, *age_notes(normalised, results)), normalised.codes,
         normalised.measurements,
         MappingProxyType(dict(reader.read_by_type)), counts, MappingProxyType(pending),
-        normalised.referenced_medications)
+        normalised.referenced_medications,
+        {reason: dict(sorted(by_type.items())) for reason, by_type in sorted(quiet.items())})
 
 
 class _Reader:
@@ -140,6 +168,7 @@ class _Reader:
         self.rows: dict[str, dict[str, list[Row]]] = {t: {} for t in views}
         self.read_by_type: Counter[str] = Counter()
         self.issues: list[Issue] = []
+        self.quiet: dict[str, Counter[str]] = {}  # reason -> type -> set aside, no row
         self.count = 0          # items read
         self.aside = 0          # items set aside while reading
 
@@ -169,8 +198,9 @@ class _Reader:
             self.aside += 1
 
         view = self.views.get(rtype)
-        if view is None:
-            set_aside("info", "unsupported-type", f"{rtype} is not used by the pathway")
+        if view is None:  # counted, not a row (QUIET_REASONS)
+            self.quiet.setdefault("unsupported-type", Counter())[rtype] += 1
+            self.aside += 1
             return
         if not rid.strip():
             shown = "has no id" if raw_id in (None, "") else \

@@ -149,8 +149,12 @@ ISSUES = [
     Column("resource_type", "string", "FHIR resource type, when known"),
     Column("resource_id", "string", "FHIR logical id, when known"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
-           "unparseable-date, partial-date, no-date, partial-birth-date, unmapped-code, "
-           "unresolved-medication, invalid-resource"),
+           "unparseable-date, partial-date, no-date, partial-birth-date, "
+           "unresolved-medication, invalid-resource; one row per thing a person should "
+           "look at. Resources set aside that need no attention (unsupported-type: a type "
+           "the pathway does not read; unmapped-code: a code no concept maps) have no "
+           "row: they are counted per reason and type in manifest.json "
+           "set_aside_counted, their codes in `codes`"),
     Column("message", "string", "one-line description"),
     Column("origin", "string", "where it was read: file:line, bundle entry or URL"),
     Column("set_aside", "bool", "the resource was not used because of this", "true, false"),
