@@ -27,6 +27,7 @@ from fhir_spine.issues import Issue
 from fhir_spine.normalise import CodeCount, Measurement, Normalised, age_notes, normalise
 from fhir_spine.pathway.classify import reconstruct
 from fhir_spine.pathway.model import PatientInput, PatientResult
+from fhir_spine.prefilter import Prefilter
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
 from fhir_spine.validate import Mode, validation_problem
@@ -130,7 +131,7 @@ def extract(
 ) -> Extraction:
     views = {rtype: compile_view(view) for rtype, view in mappings.views.items()
              if rtype in REGISTRY}
-    reader = _Reader(views, mappings.view_files, validation)
+    reader = _Reader(views, mappings.view_files, validation, Prefilter(mappings.concepts))
     for item in items:
         if progress is not None:
             progress(1)
@@ -161,8 +162,9 @@ class _Reader:
     """Items -> view rows by type and id, with the problems met and the counts so far."""
 
     def __init__(self, views: dict[str, CompiledView], files: Mapping[str, str],
-                 validation: Mode) -> None:
+                 validation: Mode, prefilter: Prefilter) -> None:
         self.views = views
+        self.prefilter = prefilter
         self.files = files
         self.validation = validation
         self.rows: dict[str, dict[str, list[Row]]] = {t: {} for t in views}
@@ -207,7 +209,10 @@ class _Reader:
                 f"has a non-string id ({type(raw_id).__name__})"
             set_aside("error", "no-id", f"{rtype} at {item.origin} {shown}")
             return
-        if self.validation != "off":
+        # Validation where it pays: `warn` validates only what can matter to the pathway
+        # (prefilter.py); `strict` validates every resource of a type it reads.
+        if self.validation == "strict" or (
+                self.validation == "warn" and self.prefilter.may_matter(resource)):
             problem = validation_problem(resource)
             if problem is not None:
                 if self.validation == "strict":
