@@ -165,6 +165,7 @@ def build_into(cohort: Cohort, folder: Path, qtype: int = 7) -> ReportResult:
 def write_report(cohort: Cohort, target: Path, qtype: int = 7) -> ReportResult:
     """Build the report beside `target` and swap it in atomically."""
     holder: list[ReportResult] = []
-    publish(target, lambda staging: holder.append(build_into(cohort, staging, qtype)))
+    publish(target, lambda staging: holder.append(build_into(cohort, staging, qtype)),
+            kind="report")
     built = holder[0]
     return ReportResult(target, built.tables, built.figures)
