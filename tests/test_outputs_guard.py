@@ -2,6 +2,7 @@
 source or a folder the run keeps; an empty result or a sudden shrink is not published;
 the report is regenerated inside the new dataset with `--report`."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -40,8 +41,10 @@ def small_source(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("src")
     keep = {"p001", "p002", "p003", "p004", "p005"}
     lines = []
-    for path in sorted(DEMO_COHORT.glob("*.ndjson")):
-        for line in path.read_text().splitlines():
+    for path in sorted(DEMO_COHORT.glob("*.ndjson*")):
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" \
+            else path.read_text()
+        for line in text.splitlines():
             r = json.loads(line)
             ref = (r.get("subject") or r.get("patient") or {}).get("reference", "")
             if r["resourceType"] == "Medication" or r.get("id") in keep \

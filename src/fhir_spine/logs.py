@@ -83,14 +83,17 @@ def _json_line(fields: dict[str, Any]) -> str:
 class JsonLines:
     """A stdout stand-in that turns each printed line into one `output` JSON event."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, quiet: bool = False) -> None:
         self.stream = stream
+        self.quiet = quiet  # --quiet: the final event carries the summary
         self._pending = ""
 
     def write(self, text: str) -> int:
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
+            if self.quiet:
+                continue
             self.stream.write(_json_line({"level": "info", "logger": "fhir_spine.output",
                                           "event": "output", "message": line}) + "\n")
         return len(text)

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_mode = args.log_format == "json"
     stdout = sys.stdout
     if json_mode:
-        sys.stdout = JsonLines(stdout)  # type: ignore[assignment]
+        sys.stdout = JsonLines(stdout, quiet=args.quiet)  # type: ignore[assignment]
     started = time.monotonic()
     try:
         code, error = _run(args)
