@@ -115,7 +115,8 @@ def test_a_source_without_fhir_files_does_not_replace_the_dataset(tmp_path, smal
     (empty / "readme.txt").write_text("nothing here")
     done = cli("extract", "--source", str(empty), "--out", str(out))
     assert done.returncode == ExitCode.EMPTY == 10
-    assert "no resource was read; nothing published" in one_error_line(done)
+    assert "no resource was read (no FHIR files" in one_error_line(done)
+    assert "nothing published" in one_error_line(done)
     assert tree(out) == before
     assert not list(tmp_path.glob(".out.building-*"))
     allowed = cli("extract", "--source", str(empty), "--out", str(out), "--allow-empty")

@@ -147,7 +147,8 @@ def guard(staging: Path, target: Path, policy: PublishPolicy) -> None:
     screened = int((new.get("rows") or {}).get("patients", 0))
     read = (new.get("accounting") or {}).get("read")
     if not policy.allow_empty and (screened == 0 or read == 0):
-        what = "no resource was read" if read == 0 else "no patient was screened"
+        what = "no resource was read (no FHIR files, or a cohort search that matched " \
+            "nothing)" if read == 0 else "no patient was screened"
         raise EmptyResult(f"{what}; nothing published, {target} left as it was (check the "
                           "source or the index-procedure codes with `fhir-spine check`; "
                           "--allow-empty publishes an empty dataset)")
