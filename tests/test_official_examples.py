@@ -117,7 +117,7 @@ def test_every_resource_read_is_traceable_to_an_output_row(run):
     traced |= {("Patient", p) for p in tables.patients["patient_id"]}
     aside = iss[iss["set_aside"]]
     traced |= set(zip(aside["resource_type"], aside["resource_id"], strict=True))
-    traced |= {("Medication", m) for m in extraction.normaliser.referenced_medications}
+    traced |= {("Medication", m) for m in extraction.referenced_medications}
     aside_origins = set(aside["origin"].dropna())
     untraced = []
     for item in items:

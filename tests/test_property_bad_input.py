@@ -337,13 +337,13 @@ def _check_invariants(items, extraction, tables=None) -> None:
         traced |= {("Patient", p) for p in tables.patients["patient_id"]}
     else:
         traced = {d.source.key for r in extraction.results for d in r.decisions}
-        traced |= {m.source.key for _, m in extraction.normaliser.measurement_rows}
-        traced |= {("Patient", p) for p in extraction.normaliser.patients}
+        traced |= {m.source.key for _, m in extraction.measurements}
+        traced |= {("Patient", p) for p in extraction.patients}
     for severity, code, message, *_ in issues:
         assert severity in ("error", "warning", "info")
         assert isinstance(code, str) and code and isinstance(message, str) and message
     traced |= {(t, r) for _, _, _, t, r, _, aside in issues if aside}
-    traced |= {("Medication", m) for m in extraction.normaliser.referenced_medications}
+    traced |= {("Medication", m) for m in extraction.referenced_medications}
     origins = {o for *_, o, aside in issues if aside}
     flagged = {(t, r, c) for _, c, _, t, r, _, _ in issues}
     for item in items:
@@ -377,7 +377,7 @@ def test_mutated_batches_make_valid_tables_that_trace_every_resource(resources):
     items, extraction, tables = _run(resources, tables=True)
     _check_invariants(items, extraction, tables)
     acc = extraction.accounting
-    assert len(tables.patients) == len(extraction.normaliser.patients)
+    assert len(tables.patients) == len(extraction.patients)
     assert acc.used >= len(tables.patients)
 
 
@@ -387,7 +387,7 @@ def test_strict_validation_sets_every_invalid_resource_aside(resources):
     items, extraction, _ = _run(resources, validation="strict")
     _check_invariants(items, extraction)
     used = {d.source.key for r in extraction.results for d in r.decisions if d.used}
-    used |= {m.source.key for _, m in extraction.normaliser.measurement_rows}
+    used |= {m.source.key for _, m in extraction.measurements}
     valid_patients = {str(i.resource.get("id")) for i in items
                       if i.resource.get("resourceType") == "Patient"
                       and validation_problem(i.resource) is None}
@@ -399,7 +399,7 @@ def test_strict_validation_sets_every_invalid_resource_aside(resources):
             assert any(i.code == "invalid-resource" and i.severity == "error" and i.sets_aside
                        for i in _issues_of(extraction, rtype, rid))
             if rtype == "Patient":
-                assert rid not in extraction.normaliser.patients or rid in valid_patients
+                assert rid not in extraction.patients or rid in valid_patients
             elif not any(str(o.resource.get("id")) == rid and o is not item
                          and o.resource.get("resourceType") == rtype for o in items):
                 assert (rtype, rid) not in used
@@ -519,7 +519,7 @@ def test_through_files_bundles_and_raw_bytes(names, data):
         items = list(iter_folder(folder))
     extraction, _ = _extract(items)
     _check_invariants(items, extraction)
-    assert patient_uuid in extraction.normaliser.patients
+    assert patient_uuid in extraction.patients
     bx = [d for r in extraction.results for d in r.decisions
           if d.source.resource_id == "bundle-bx"]
     assert len(bx) == 1

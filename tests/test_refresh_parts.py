@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import responses
 
+from fhir_spine.dataset import Part
 from fhir_spine.errors import ExitCode
 from fhir_spine.pipeline import extract
 from fhir_spine.refresh.lock import LockHeld, RefreshLock, process_start_ticks
@@ -30,7 +31,7 @@ from fhir_spine.refresh.state import (
     state_dir_for,
 )
 from fhir_spine.refresh.store import MEDS, UNLINKED, RawStore, is_older
-from fhir_spine.refresh.units import UnitResolver, UnitResult, assemble, compute_units
+from fhir_spine.refresh.units import UnitResolver, assemble, compute_units
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import RawResource, iter_folder
 from fhir_spine.sources.http import FhirClient
@@ -213,8 +214,8 @@ def test_assembled_units_equal_a_full_extraction_and_recompute_only_changes(tmp_
         store.upsert(item.resource, item.origin, *resolver.unit_of(item.resource))
     results = compute_units(sorted(store.units()), store, mappings, "warn")
     for unit, result in results.items():
-        store.save_unit_rows(unit, result.to_blob())
-    assembled = assemble(UnitResult.from_blob(b) for _, b in store.unit_rows())
+        store.save_unit_rows(unit, result.to_json())
+    assembled = assemble(Part.from_json(b) for _, b in store.unit_rows())
     full = extract(items, mappings)
     tables = build_tables(full)
     for name, frame in tables.items():
@@ -232,8 +233,8 @@ def test_assembled_units_equal_a_full_extraction_and_recompute_only_changes(tmp_
     victim = next(i.resource for i in items if i.resource["resourceType"] == "Procedure")
     unit = resolver.unit_of(victim)[0]
     store.delete(("Procedure", victim["id"]))
-    store.save_unit_rows(unit, compute_units([unit], store, mappings, "warn")[unit].to_blob())
-    after = assemble(UnitResult.from_blob(b) for _, b in store.unit_rows())
+    store.save_unit_rows(unit, compute_units([unit], store, mappings, "warn")[unit].to_json())
+    after = assemble(Part.from_json(b) for _, b in store.unit_rows())
     reduced = [i for i in items if i.resource is not victim]
     want = build_tables(extract(reduced, mappings))
     for name, frame in want.items():

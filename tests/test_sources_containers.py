@@ -114,7 +114,7 @@ def test_a_document_inside_a_collection_is_unpacked_with_its_own_references(tmp_
     assert got["Procedure/bx"].origin == "collection.json#entry[0].entry[2]"
     assert not any(isinstance(i, ReadProblem) for i in items)
     extraction = run_pipeline(items)
-    assert {"p-doc", "outer"} <= set(extraction.normaliser.patients)
+    assert {"p-doc", "outer"} <= set(extraction.patients)
 
 
 def test_a_nested_bundle_resolves_references_to_the_enclosing_bundle_too(tmp_path):

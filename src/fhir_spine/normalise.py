@@ -4,17 +4,24 @@ This is where FHIR's variety is absorbed: status and intent rules, `performed[x]
 choices, coded or numeric observation values, medication by code or by reference, and
 every code seen is tallied for the `codes` table. Each row either becomes a record or an
 `Issue` that says why not.
+
+`normalise()` is the interface: view rows in, an immutable `Normalised` out (per-patient
+inputs, issues, code counts). The `Normaliser` is the handlers' working state; which
+method handles which resource type, in what order and reading which view columns, is
+the registry in `handlers.py`. Nothing outside this module and the registry touches the
+Normaliser, so its handlers can change without the pipeline knowing.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from fhir_spine.concepts import Coding, ConceptMap, parse_codings
+from fhir_spine.handlers import in_order
 from fhir_spine.issues import Issue
 from fhir_spine.pathway.model import (
     ClinicalEvent,
@@ -22,6 +29,7 @@ from fhir_spine.pathway.model import (
     EncounterRecord,
     Measurement,
     PathologyReport,
+    PatientInput,
     PatientRecord,
     Source,
 )
@@ -44,7 +52,8 @@ class CodeTally:
     resources: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     patients: dict[tuple[str, str, str, str], set[str]] = field(
         default_factory=lambda: defaultdict(set))
-    displays: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
+    displays: dict[tuple[str, str, str, str], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
     concepts: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
     def add(self, resource_type: str, element: str, codings: Iterable[Coding],
@@ -54,12 +63,56 @@ class CodeTally:
             self.resources[key] += 1
             if patient_id:
                 self.patients[key].add(patient_id)
-            if c.display and key not in self.displays:
-                self.displays[key] = c.display
+            if c.display:
+                self.displays[key][c.display] += 1
             if group is not None and key not in self.concepts:
                 match = self.concepts_map.lookup(group, c)
                 if match is not None:
                     self.concepts[key] = match.concept
+
+    def counts(self) -> tuple[CodeCount, ...]:
+        """An immutable copy, in first-seen order (the `codes` table sorts it)."""
+        return tuple(
+            CodeCount(k, n, frozenset(self.patients.get(k, ())),
+                      dict(sorted(self.displays.get(k, Counter()).items())),
+                      self.concepts.get(k))
+            for k, n in self.resources.items())
+
+
+@dataclass(frozen=True)
+class CodeCount:
+    """One code's counts in one computation; counts of several computations add up
+    (`resources` and `displays` summed, `patients` united), whatever their split."""
+
+    key: tuple[str, str, str, str]  # resource type, element, system, code
+    resources: int
+    patients: frozenset[str]
+    displays: Mapping[str, int]     # display text -> resources showing it
+    concept: str | None
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """What the handlers made of the view rows; read-only for the pipeline."""
+
+    inputs: Mapping[str, PatientInput]    # every Patient read, by id, sorted
+    measurements: tuple[tuple[str, Measurement], ...]  # (patient id, value), as handled
+    issues: tuple[Issue, ...]
+    codes: tuple[CodeCount, ...]
+    medications: frozenset[str]           # Medication ids that gave a row
+    referenced_medications: frozenset[str]  # Medication ids an order refers to
+
+
+def normalise(rows: Mapping[str, Iterable[Row]], concepts: ConceptMap,
+              settings: PathwaySettings) -> Normalised:
+    """View rows by resource type -> records, each type by its registered handler, in
+    the registry's order (patients and medications first, so references resolve)."""
+    norm = Normaliser(concepts, settings)
+    for entry in in_order(rows):
+        handle = getattr(norm, entry.handler)
+        for row in rows[entry.resource_type]:
+            handle(row)
+    return norm.result()
 
 
 @dataclass
@@ -87,6 +140,20 @@ class Normaliser:
 
     def __post_init__(self) -> None:
         self.codes = CodeTally(self.concepts)
+
+    def result(self) -> Normalised:
+        inputs: dict[str, PatientInput] = {}
+        for pid in sorted(self.patients):
+            inp = PatientInput(self.patients[pid])
+            bundle = self.by_patient.get(pid)
+            if bundle is not None:
+                inp.events, inp.reports = bundle.events, bundle.reports
+                inp.conditions, inp.encounters = bundle.conditions, bundle.encounters
+                inp.measurements = bundle.measurements
+            inputs[pid] = inp
+        return Normalised(inputs, tuple(self.measurement_rows), tuple(self.issues),
+                          self.codes.counts(), frozenset(self.medications),
+                          frozenset(self.referenced_medications))
 
     # ------------------------------------------------------------------ helpers
     def _issue(self, severity: str, code: str, message: str, row: Row, patient_id: str = "",

@@ -128,6 +128,7 @@ class Mappings:
     concepts: ConceptMap
     views: dict[str, dict[str, Any]]
     files: list[MappingFile]
+    view_files: dict[str, str] = field(default_factory=dict)  # resource type -> its file
 
 
 def _shown(path: Path) -> Path:
@@ -189,6 +190,7 @@ def load_mappings(
     concepts = build_concept_map(concept_docs)
 
     views: dict[str, dict[str, Any]] = {}
+    view_files: dict[str, str] = {}
     for folder in (DEFAULT_MAPPINGS / "views", site_dir / "views" if site_dir else None):
         if folder is None or not folder.is_dir():
             continue
@@ -203,5 +205,17 @@ def load_mappings(
             if not isinstance(resource, str):
                 raise ConfigError(f"{path}: a ViewDefinition needs a `resource`")
             views[resource] = view
+            view_files[resource] = str(path)
             files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
-    return Mappings(settings, concepts, views, files)
+    check_views(views, view_files)
+    return Mappings(settings, concepts, views, files, view_files)
+
+
+def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) -> None:
+    """Every view in use (default or site) against the handler registry, before anything
+    is read: a missing or mistyped column, a view no handler reads, or a FHIRPath that
+    does not compile is a `ConfigError` (exit 3) naming the file and the column."""
+    from fhir_spine.handlers import check_view  # the registry compiles views: load it late
+
+    for rtype in sorted(views):
+        check_view(view_files.get(rtype, f"<{rtype} view>"), views[rtype])

@@ -1,9 +1,19 @@
-"""Pathway results and normalised records -> the contract's tables as DataFrames."""
+"""The contract's tables: the row rules (one result or record -> one row) and the table
+rules (columns, types, row order).
+
+Both are applied in one place so `extract` and `refresh` cannot drift: rows are made
+per computation (`rows_of`: a whole extraction, or one refreshed patient), kept as plain
+records, and `to_tables` turns any collection of them into the tables. The row order is
+canonical (it depends on the rows, never on how they were split into computations), so
+a refresh that recomputes a few patients publishes the same tables as a full extract.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -15,7 +25,13 @@ from fhir_spine.pathway.model import (
     PathologyReport,
     PatientResult,
 )
-from fhir_spine.pipeline import Extraction
+
+if TYPE_CHECKING:
+    from fhir_spine.issues import Issue
+    from fhir_spine.normalise import CodeCount
+    from fhir_spine.pipeline import Extraction
+
+Record = dict[str, Any]
 
 _PANDAS_DTYPES: dict[str, Any] = {  # Any: pandas-stubs types astype by literal dtype name
     "string": "string", "bool": "boolean", "int": "Int64", "float": "Float64"}
@@ -109,10 +125,21 @@ def _event_details(record: Any) -> dict[str, Any]:
     return {}
 
 
-def build_tables(extraction: Extraction) -> Tables:
-    patients = frame([patient_row(r) for r in extraction.results], schema.PATIENTS)
+@dataclass(frozen=True)
+class Rows:
+    """The row-table records of one computation, before the table rules."""
 
-    event_rows: list[dict[str, Any]] = []
+    patients: list[Record]
+    events: list[Record]
+    observations: list[Record]
+    issues: list[Record]
+
+
+def rows_of(extraction: Extraction) -> Rows:
+    """Every row an extraction contributes (the pending Medications excepted: their
+    rows are decided with the whole dataset)."""
+    patients = [patient_row(r) for r in extraction.results]
+    events: list[Record] = []
     timepoints: dict[tuple[str, str], str] = {}
     for result in extraction.results:
         timepoints.update(result.timepoints)
@@ -122,7 +149,7 @@ def build_tables(extraction: Extraction) -> Tables:
         for d in result.decisions:
             details = _event_details(records.get(d.source.key))
             coding = details.pop("coding", None)
-            event_rows.append({
+            events.append({
                 "patient_id": result.patient_id, "event_type": d.event_type,
                 **details, "resource_type": d.source.resource_type,
                 "resource_id": d.source.resource_id,
@@ -131,41 +158,90 @@ def build_tables(extraction: Extraction) -> Tables:
                 "display": (coding.display or None) if coding else None,
                 "used": d.used, "note": d.note or None,
             })
-    events = frame(event_rows, schema.EVENTS)
-
-    obs_rows = [
+    observations = [
         {"patient_id": pid, "measure": m.measure, "value": m.value,
          "effective": m.effective.iso(), "effective_date": m.effective.day,
          "timepoint": timepoints.get(m.source.key), "resource_type": m.source.resource_type,
          "resource_id": m.source.resource_id}
-        for pid, m in extraction.normaliser.measurement_rows
+        for pid, m in extraction.measurements
     ]
-    observations = frame(obs_rows, schema.OBSERVATIONS)
-    if len(observations):
-        observations = observations.sort_values(
-            ["patient_id", "measure", "effective_date", "resource_id"], kind="stable",
-            na_position="last").reset_index(drop=True)
+    issues = [issue_row(i) for i in (*extraction.read_issues, *extraction.normalise_issues)]
+    return Rows(patients, events, observations, issues)
 
-    issues = frame([
-        {"severity": i.severity, "patient_id": i.patient_id or None,
-         "resource_type": i.resource_type or None, "resource_id": i.resource_id or None,
-         "code": i.code, "message": i.message, "origin": i.origin or None,
-         "set_aside": i.sets_aside}
-        for i in extraction.issues
-    ], schema.ISSUES)
 
-    tally = extraction.normaliser.codes
-    code_rows = [
-        {"resource_type": k[0], "element": k[1], "system": k[2] or None, "code": k[3],
-         "display": tally.displays.get(k), "resources": n,
-         "patients": len(tally.patients.get(k, ())), "concept": tally.concepts.get(k)}
-        for k, n in tally.resources.items()
-    ]
-    codes = frame(code_rows, schema.CODES)
+def issue_row(i: Issue) -> Record:
+    return {"severity": i.severity, "patient_id": i.patient_id or None,
+            "resource_type": i.resource_type or None, "resource_id": i.resource_id or None,
+            "code": i.code, "message": i.message, "origin": i.origin or None,
+            "set_aside": i.sets_aside}
+
+
+# The row order of each table: sort keys, ascending, stable, missing values first.
+ORDER: dict[str, list[str]] = {
+    "patients": ["patient_id"],
+    # each patient's events keep the pathway's decision order
+    "events": ["patient_id"],
+    "observations": ["patient_id", "measure", "effective_date", "resource_id", "effective"],
+    "issues": ["patient_id", "resource_type", "resource_id", "code", "message", "origin",
+               "severity"],
+}
+
+
+def to_tables(rows: Iterable[Rows], codes: Iterable[CodeCount]) -> Tables:
+    """Records of any number of computations -> the tables, in the canonical order."""
+    collected: dict[str, list[Record]] = {name: [] for name in ORDER}
+    for part in rows:
+        for name in ORDER:
+            collected[name].extend(getattr(part, name))
+    frames = {name: _ordered(frame(collected[name], schema.TABLES[name]), ORDER[name])
+              for name in ORDER}
+    return Tables(frames["patients"], frames["events"], frames["observations"],
+                  frames["issues"], codes_table(codes))
+
+
+def _ordered(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if not len(df):
+        return df
+    return df.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def codes_table(counts: Iterable[CodeCount]) -> pd.DataFrame:
+    """Code counts of any number of computations, added up per code; unmapped codes
+    first, then the most frequent. The display shown is the most frequent one (ties:
+    alphabetical), so it does not depend on reading order."""
+    resources: Counter[tuple[str, str, str, str]] = Counter()
+    patients: dict[tuple[str, str, str, str], set[str]] = {}
+    displays: dict[tuple[str, str, str, str], Counter[str]] = {}
+    concepts: dict[tuple[str, str, str, str], str] = {}
+    for c in counts:
+        resources[c.key] += c.resources
+        patients.setdefault(c.key, set()).update(c.patients)
+        displays.setdefault(c.key, Counter()).update(c.displays)
+        if c.concept and c.key not in concepts:
+            concepts[c.key] = c.concept
+    rows = [{"resource_type": k[0], "element": k[1], "system": k[2] or None, "code": k[3],
+             "display": _most_common(displays.get(k)), "resources": n,
+             "patients": len(patients.get(k, ())), "concept": concepts.get(k)}
+            for k, n in resources.items()]
+    codes = frame(rows, schema.CODES)
     if len(codes):
         codes["_mapped"] = codes["concept"].notna()
         codes = codes.sort_values(
             ["_mapped", "resources", "resource_type", "element", "system", "code"],
             ascending=[True, False, True, True, True, True], kind="stable",
         ).drop(columns="_mapped").reset_index(drop=True)
-    return Tables(patients, events, observations, issues, codes)
+    return codes
+
+
+def _most_common(displays: Counter[str] | None) -> str | None:
+    if not displays:
+        return None
+    return min(displays.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def build_tables(extraction: Extraction) -> Tables:
+    """One extraction's tables, as if it were the whole dataset (for library use and
+    tests; the commands go through `dataset.build_dataset`, which this calls)."""
+    from fhir_spine.dataset import build_dataset, part_of  # dataset builds on this module
+
+    return build_dataset([part_of(extraction)]).tables

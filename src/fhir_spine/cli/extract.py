@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fhir_spine import __version__
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode, UsageError
@@ -98,13 +97,17 @@ def timezone_assumed(args: argparse.Namespace, *, demo: bool = False) -> bool:
 
 def timezone_warnings(args: argparse.Namespace, timezone: str, *, demo: bool = False
                       ) -> tuple[str, ...]:
-    """The UTC-assumed warning: logged once, kept in the manifest, shown in the summary."""
+    """The UTC-assumed warning: kept in the manifest, shown in the summary and logged once
+    the dataset is published (`log_warnings`: a run that fails says only why it failed)."""
     if not timezone_assumed(args, demo=demo):
         return ()
-    text = (f"no time zone configured: calendar days are counted in {timezone} (assumed); "
-            "set --timezone or `timezone:` in the site settings.yaml")
-    log.warning("%s", text)
-    return (text,)
+    return (f"no time zone configured: calendar days are counted in {timezone} (assumed); "
+            "set --timezone or `timezone:` in the site settings.yaml",)
+
+
+def log_warnings(warnings: tuple[str, ...]) -> None:
+    for text in warnings:
+        log.warning("%s", text)
 
 
 def report_outside(args: argparse.Namespace) -> None:
@@ -171,10 +174,10 @@ def check_timezone(name: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
+    from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_apart, check_target, publish, publish_policy, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.summary import dataset_counts, note, summary_lines, timezone_line
-    from fhir_spine.tables import build_tables
 
     started = datetime.now(UTC)
     key = pseudonym_key(args)
@@ -202,34 +205,24 @@ def run(args: argparse.Namespace) -> int:
         extraction = extract(items, mappings, validation=args.validation, progress=tick)
     if source is not None:  # a Bulk Data export folder: its transactionTime, its log
         info["query"].update(files.query_info())
-    tables = build_tables(extraction)
-    severities = tables.issues["severity"].value_counts().to_dict()
-    acc = extraction.accounting
-    manifest = {
-        "schema_version": 1, "tool": "fhir-spine", "tool_version": __version__,
-        "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
-        "source": info["source"], "fhir_version": info["fhir_version"] or "4.0.1",
-        "query": info["query"],
-        "settings": {k: sorted(v) if isinstance(v, frozenset) else v
-                     for k, v in vars(mappings.settings).items()},
-        "resources_read": dict(sorted(extraction.read_by_type.items())),
-        "accounting": {"read": acc.read, "used": acc.used, "set_aside": acc.set_aside,
-                       "unaccounted": len(acc.unaccounted), "balanced": acc.balanced},
-        "issues": {k: int(v) for k, v in severities.items()},
-        "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
-        "validation": args.validation,
-        "warnings": [] if acc.balanced else ["accounting does not balance: see log"],
-    }
+    dataset = build_dataset([part_of(extraction)])  # exit 70 unless accounting balances
+    tables = dataset.tables
+    meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
+                    fhir_version=info["fhir_version"], query=info["query"], started=started,
+                    finished=datetime.now(UTC))
     if key is not None:
         from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
 
-        manifest = pseudonymise_manifest(manifest, tables, key, args.date_shift_days)
+        meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
         tables = pseudonymise_tables(tables, key, args.date_shift_days)
-    note(**dataset_counts(tables.patients, tables.issues, manifest["accounting"]),
+    note(**dataset_counts(tables.patients, tables.issues, meta["accounting"]),
          timezone=timezone, timezone_assumed=bool(tz_warnings), out=str(args.out))
     with publish_policy(policy):
-        publish(args.out, lambda folder: write_dataset(tables, manifest, folder,
+        publish(args.out, lambda folder: write_dataset(tables, meta, folder,
                                                        csv=not args.no_csv))
+    log_warnings(tz_warnings)
+    severities = issue_counts(tables)
+    acc = dataset.accounting
     for line in summary_lines(tables.patients):
         print(line)
     print(timezone_line(timezone, bool(tz_warnings)))

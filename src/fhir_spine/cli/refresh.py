@@ -20,6 +20,7 @@ from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.extract import (
     add_pathway_options,
     add_publish_options,
+    log_warnings,
     pathway_overrides,
     publish_policy_from,
     report_outside,
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             report = Refresh(client, mappings, options).run()
     finally:
         client.close()
+    log_warnings(tz_warnings)
     status = ExitCode.DATA_ISSUES if report.exit_issues.get("error") else ExitCode.OK
     assert report.tables is not None
     note(**final_counts(report, options.out))

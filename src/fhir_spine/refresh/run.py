@@ -50,16 +50,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fhir_spine import __version__
+from fhir_spine.dataset import PART_FORMAT, Dataset, Part, issue_counts, manifest
 from fhir_spine.errors import ServerError
-from fhir_spine.fhir import export_types, instant, parse_instant
+from fhir_spine.fhir import BY_ID_TYPES, export_types, instant, parse_instant
 from fhir_spine.outputs import publish, write_dataset
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.bulk import BulkExporter, BulkRequest, BulkResult
 from fhir_spine.sources.capabilities import Capabilities, read_capabilities
 from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
 from fhir_spine.sources.http import FhirClient
-from fhir_spine.sources.rest import BY_ID_TYPES, RestOptions, RestSource, index_code_tokens
+from fhir_spine.sources.rest import RestSource, index_code_tokens
+from fhir_spine.sources.search import RestOptions
 from fhir_spine.tables import Tables
 from fhir_spine.validate import Mode
 
@@ -67,14 +68,7 @@ from .lock import RefreshLock
 from .pull import SearchPull, history_since, matches_index
 from .state import RefreshState, StateError, fingerprint, load_state, save_state
 from .store import MEDS, RUN, STORE_FILE, UNLINKED, Change, RawStore
-from .units import (
-    Assembled,
-    UnitResolver,
-    UnitResult,
-    assemble,
-    compute_run_unit,
-    compute_units,
-)
+from .units import UnitResolver, assemble, compute_run_unit, compute_units
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +246,14 @@ class Refresh:
                 report.watermark_after, report.watermark_source = watermark, source
                 checkpoint("pulled")
                 fp = fingerprint(self.mappings, o.validation)
-                recompute_all = full or state is None or state.fingerprint != fp
-                tables = self._recompute(recompute_all)
-                manifest = self._manifest(tables, caps, scope, started)
+                recompute_all = full or state is None or state.fingerprint != fp \
+                    or store.get_meta("part_format") != PART_FORMAT
+                dataset = self._recompute(recompute_all)  # exit 70 unless it balances
+                meta = self._manifest(dataset, caps, scope, started)
                 checkpoint("computed")
 
                 def build(folder: Path) -> None:
-                    write_dataset(tables.tables, manifest, folder, csv=o.csv)
+                    write_dataset(dataset.tables, meta, folder, csv=o.csv)
                     checkpoint("built")
 
                 _remove_leftovers(o.out)
@@ -267,6 +262,7 @@ class Refresh:
                 run_number = (state.run if state is not None else 0) + 1
                 store.set_meta("run", run_number)
                 store.set_meta("watermark", watermark)
+                store.set_meta("part_format", PART_FORMAT)
                 store.commit()
                 checkpoint("committed")
                 report.seconds = time.monotonic() - started
@@ -285,9 +281,8 @@ class Refresh:
                 raise
             finally:
                 store.close()
-        report.tables = tables.tables
-        severities = tables.tables.issues["severity"].value_counts().to_dict()
-        report.exit_issues = {str(k): int(v) for k, v in severities.items()}
+        report.tables = dataset.tables
+        report.exit_issues = issue_counts(dataset.tables)
         return report
 
     # ------------------------------------------------------------------ pulls
@@ -534,7 +529,7 @@ class Refresh:
 
     # ------------------------------------------------------------------ recompute
 
-    def _recompute(self, everything: bool) -> Assembled:
+    def _recompute(self, everything: bool) -> Dataset:
         store = self._store()
         report = self._report()
         started = time.monotonic()
@@ -549,14 +544,19 @@ class Refresh:
             if result is None:
                 store.drop_unit_rows(unit)
             else:
-                store.save_unit_rows(unit, result.to_blob())
-        store.save_unit_rows(RUN, compute_run_unit(self.problems, self.mappings).to_blob())
+                store.save_unit_rows(unit, result.to_json())
+        store.save_unit_rows(RUN, compute_run_unit(self.problems, self.mappings).to_json())
         report.problems = len(self.problems)
         report.patients_touched = sum(1 for u in todo if not u.startswith("#"))
         report.units_recomputed = len(todo)
         all_units = store.unit_names()
         report.units_carried_over = len(all_units - todo - {RUN})
-        assembled = assemble(UnitResult.from_blob(body) for _, body in store.unit_rows())
+        try:
+            parts = [Part.from_json(body) for _, body in store.unit_rows()]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"the store's per-patient rows are unreadable ({exc}); run "
+                             "with --full to rebuild them") from None
+        assembled = assemble(parts)
         report.recompute_seconds = time.monotonic() - started
         event(f"pulled {report.fetched} resources ({report.added} added, {report.updated} "
               f"updated, {report.deleted} deleted, {report.unchanged} unchanged); "
@@ -568,40 +568,24 @@ class Refresh:
               units_carried_over=report.units_carried_over)
         return assembled
 
-    def _manifest(self, assembled: Assembled, caps: Capabilities, scope: dict[str, Any],
+    def _manifest(self, dataset: Dataset, caps: Capabilities, scope: dict[str, Any],
                   started: float) -> dict[str, Any]:
-        tables: Tables = assembled.tables
-        acc = assembled.accounting
         report = self._report()
         report.requests = self.client.stats.as_dict()
         report.seconds = time.monotonic() - started
-        severities = tables.issues["severity"].value_counts().to_dict()
         query: dict[str, Any] = {"kind": "refresh", "scope": scope,
                                  "requests": self.client.stats.as_dict()}
         searches = report.searches + self.puller.query_log.as_list()
         if searches:
             query["searches"] = searches
         now = datetime.now(UTC)
-        return {
-            "schema_version": 1, "tool": "fhir-spine", "tool_version": __version__,
-            "started": (now - timedelta(seconds=time.monotonic() - started)).isoformat(),
-            "finished": now.isoformat(),
-            "source": {"kind": "server", "location": self.client.base_url,
-                       "auth": self.client.auth.kind},
-            "fhir_version": caps.fhir_version or "4.0.1",
-            "query": query,
-            "refresh": report.as_dict(),
-            "settings": {k: sorted(v) if isinstance(v, frozenset) else v
-                         for k, v in vars(self.mappings.settings).items()},
-            "resources_read": dict(sorted(assembled.read_by_type.items())),
-            "accounting": {"read": acc.read, "used": acc.used, "set_aside": acc.set_aside,
-                           "unaccounted": len(acc.unaccounted), "balanced": acc.balanced},
-            "issues": {k: int(v) for k, v in severities.items()},
-            "mapping_files": [{"path": str(f.path), "sha256": f.sha256}
-                              for f in self.mappings.files],
-            "validation": self.options.validation,
-            "warnings": [] if acc.balanced else ["accounting does not balance: see log"],
-        }
+        return manifest(
+            dataset, self.mappings, validation=self.options.validation,
+            source={"kind": "server", "location": self.client.base_url,
+                    "auth": self.client.auth.kind},
+            fhir_version=caps.fhir_version, query=query,
+            started=now - timedelta(seconds=time.monotonic() - started), finished=now,
+            refresh=report.as_dict())
 
     # ------------------------------------------------------------------ helpers
 

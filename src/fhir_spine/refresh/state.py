@@ -8,7 +8,7 @@ swapped whole on every publish, and readers must not see our working files):
         state.json          this file: server, scope, watermark, last run's numbers
         store.sqlite        raw store + per-patient table rows (refresh/store.py)
         refresh.lock        flock + owner record (refresh/lock.py)
-        bulk/               the current $export job folder, when --bulk (sources/bulk.py)
+        bulk/               the current $export job folder, when --bulk (sources/bulk/)
 
 `state.json` is replaced atomically (temp file, fsync, rename) and only after the new
 dataset is published and the store committed, so after a kill -9 at any point it names

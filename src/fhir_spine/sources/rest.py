@@ -22,9 +22,6 @@ from typing import Any
 
 from fhir_spine.errors import ConfigError, UsageError
 from fhir_spine.fhir import BY_ID_TYPES, medication_id, patient_types, reference_id
-
-# Re-exported for refresh/units.py until it imports it from fhir_spine.fhir.
-from fhir_spine.fhir import MEDICATION_USERS as MEDICATION_USERS  # noqa: F401
 from fhir_spine.redact import redact_url
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.capabilities import read_capabilities
