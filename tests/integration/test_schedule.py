@@ -171,3 +171,21 @@ def test_a_wrong_port_fails_in_seconds(command, tmp_path):
     assert seconds < 15, seconds
     assert not (tmp_path / "out").exists()
     print(f"{command} on a wrong port failed in {seconds:.1f} s")
+
+
+# ------------------------------------------------------------------ 5. the report
+
+def test_refresh_report_survives_each_publish(server, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--quiet", "refresh", "--server", server.base_url, "--out", str(out),
+            "--timezone", "Europe/Berlin", "--report"]
+    assert cli(*argv).returncode in (0, 1)
+    first = json.loads((out / "report" / "manifest.json").read_text())
+    time.sleep(1.1)
+    assert cli(*argv).returncode in (0, 1)
+    second = json.loads((out / "report" / "manifest.json").read_text())
+    finished = json.loads((out / "manifest.json").read_text())["finished"]
+    assert second["input"]["extraction_finished"] == finished != \
+        first["input"]["extraction_finished"]
+    report = (out / "report" / "report.md").read_text()
+    assert f"Source: {server.base_url}" in report and "time zone Europe/Berlin," in report
