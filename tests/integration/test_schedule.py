@@ -80,9 +80,13 @@ def closed_port() -> int:
 def test_load_says_what_it_overwrites_and_refuses_a_remote_server(server):
     done, final = json_run("load", "--server", server.base_url, str(DEMO_COHORT))
     assert done.returncode == 0, done.stderr
-    said = [json.loads(line)["message"] for line in done.stdout.splitlines()]
+    said = [json.loads(line) for line in done.stderr.splitlines()]
     total = final["loaded"]
-    assert f"already holds {total} of the {total} resources" in said[0]
+    warned = [e for e in said if "already holds" in e["message"]]
+    assert warned and warned[0]["level"] == "warning"
+    assert f"already holds {total} of the {total} resources" in warned[0]["message"]
+    assert said.index(warned[0]) < min(i for i, e in enumerate(said)
+                                       if "transaction 1:" in e["message"])
     assert final["overwritten"] == total
     done, final = json_run("load", "--server", "http://fhir.example.org/r4",
                            str(DEMO_COHORT))

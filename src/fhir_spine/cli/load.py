@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         existing = count_existing(client, resources)
-        print(f"{redact_url(client.base_url)} already holds {existing} of the "
-              f"{len(resources)} resources (same type and id); loading overwrites them")
+        # logged (a warning when there is something to overwrite), before any write
+        log.log(logging.WARNING if existing else logging.INFO,
+                "%s already holds %d of the %d resources (same type and id); loading "
+                "overwrites them", redact_url(client.base_url), existing, len(resources))
         with counter("resources loaded", quiet=getattr(args, "quiet", False)) as tick:
             statuses, bundles = load(client, resources, args.batch_size, progress=tick)
     finally:
