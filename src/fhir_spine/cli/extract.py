@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
@@ -14,7 +17,11 @@ from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import FileSource, check_folder
 
+if TYPE_CHECKING:
+    from fhir_spine.pseudonymise import DeidOptions
+
 log = logging.getLogger(__name__)
+DEID_MAP = "deid-map.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,6 +60,12 @@ def add_privacy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--date-shift-days", type=int, default=0,
                    help="with --pseudonymise: shift each patient's dates by a keyed offset "
                    "in [-N, N] days (intervals unchanged)")
+    g.add_argument("--top-code-ages", action="store_true",
+                   help="with --pseudonymise: publish every age over 89 as 90 (\"90 or "
+                   "older\", as HIPAA Safe Harbor asks)")
+    g.add_argument("--keep-raw", action="store_true",
+                   help="with --pseudonymise --bulk: keep the downloaded export (identified "
+                   "data) instead of deleting it after a successful run")
 
 
 def pseudonym_key(args: argparse.Namespace) -> bytes | None:
@@ -63,10 +76,70 @@ def pseudonym_key(args: argparse.Namespace) -> bytes | None:
     from fhir_spine.pseudonymise import load_key
 
     if not args.pseudonymise:
-        if args.pseudonym_key_file or args.date_shift_days:
-            raise UsageError("--pseudonym-key-file and --date-shift-days need --pseudonymise")
+        if args.pseudonym_key_file or args.date_shift_days or args.top_code_ages \
+                or args.keep_raw:
+            raise UsageError("--pseudonym-key-file, --date-shift-days, --top-code-ages and "
+                             "--keep-raw need --pseudonymise")
         return None
     return load_key(os.environ, args.pseudonym_key_file)
+
+
+def deid_options(args: argparse.Namespace) -> DeidOptions | None:
+    """`--pseudonymise` and its companions, checked before any work is done (a missing
+    key is exit status 2); under it, logs are scrubbed unless `--debug`."""
+    from fhir_spine.pseudonymise import DeidOptions, install_log_scrubbing
+
+    key = pseudonym_key(args)
+    if key is None:
+        return None
+    options = DeidOptions(key, args.date_shift_days, args.top_code_ages)
+    if not args.debug:
+        known: list[str] = []
+        if getattr(args, "patients", None) is not None:
+            from fhir_spine.sources.rest import read_patient_list
+
+            known = read_patient_list(args.patients)
+        install_log_scrubbing(known)
+    return options
+
+
+def publish_deid_map(out: Path, origin_map: dict[str, Any] | None) -> None:
+    """The mapping back to real origins, beside the state (OUT.state/), owner-only."""
+    if origin_map is None:
+        return
+    from fhir_spine.pseudonymise import write_origin_map
+    from fhir_spine.refresh.state import state_dir_for
+
+    where = state_dir_for(out) / DEID_MAP
+    write_origin_map(where, origin_map)
+    print(f"fhir-spine: the mapping back to real origins (identified data, owner-only) is "
+          f"in {where}", file=sys.stderr)
+
+
+def extra_ids(args: argparse.Namespace, query: dict[str, Any]) -> dict[str, list[str]]:
+    """Ids the run asked for or was told about that may be in no table."""
+    out: dict[str, list[str]] = {}
+    if getattr(args, "patients", None) is not None:
+        from fhir_spine.sources.rest import read_patient_list
+
+        out["Patient"] = read_patient_list(args.patients)
+    for rtype, ids in (query.get("not_found") or {}).items():
+        out.setdefault(str(rtype), []).extend(str(i) for i in ids)
+    return out
+
+
+def drop_raw_layer(folder: Path, *, keep: bool) -> None:
+    """After a successful pseudonymised run, the raw export (identified data) goes, unless
+    `--keep-raw`: then say where it is."""
+    if not folder.exists():
+        return
+    if keep:
+        print(f"fhir-spine: --keep-raw: the raw export in {folder.absolute()} holds "
+              "identified data (names, identifiers); delete it when done", file=sys.stderr)
+        return
+    shutil.rmtree(folder)
+    print(f"fhir-spine: deleted the raw export {folder.absolute()} (identified data; "
+          "--keep-raw keeps it)", file=sys.stderr)
 
 
 def add_pathway_options(p: argparse.ArgumentParser) -> None:
@@ -83,13 +156,13 @@ def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
-    from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
+    from fhir_spine.dataset import build_dataset, deidentified, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_target, publish, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.summary import summary_lines
 
     started = datetime.now(UTC)
-    key = pseudonym_key(args)
+    deid = deid_options(args)
     source = None if args.server or args.bulk else check_folder(
         args.source if args.source is not None else DEMO_COHORT)
     check_target(args.out)
@@ -114,13 +187,14 @@ def run(args: argparse.Namespace) -> int:
     meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
                     fhir_version=info["fhir_version"], query=info["query"], started=started,
                     finished=datetime.now(UTC))
-    if key is not None:
-        from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
-
-        meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
-        tables = pseudonymise_tables(tables, key, args.date_shift_days)
+    tables, meta, origin_map = deidentified(tables, meta, deid, mappings,
+                                            extra_ids=extra_ids(args, info["query"]))
     publish(args.out, lambda folder: write_dataset(tables, meta, folder,
                                                    csv=not args.no_csv))
+    publish_deid_map(args.out, origin_map)
+    if args.bulk and deid is not None:
+        raw = args.bulk_dir or args.out.with_name(args.out.name + ".bulk")
+        drop_raw_layer(raw, keep=args.keep_raw)
     severities = issue_counts(tables)
     acc = dataset.accounting
     for line in summary_lines(tables.patients):
