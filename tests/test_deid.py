@@ -195,3 +195,14 @@ def test_log_filter_treats_string_digits_as_ids_and_numbers_as_counts():
     LogScrubber().filter(record)
     assert record.getMessage() == "2 patient(s) left: [id], [id]"
     assert record.fields == {"ids": ["[id]"], "count": 3}
+
+
+def test_error_lines_are_scrubbed_too_unless_debug(tmp_path):
+    missing = tmp_path / mk.FOLDER_MARKER
+    proc = cli("extract", "--source", str(missing), "--out", str(tmp_path / "o"),
+               "--pseudonymise")
+    assert proc.returncode == 2 and "fhir-spine: error:" in proc.stderr
+    assert not mk.marker_hits({"stderr": proc.stderr.encode()}), proc.stderr
+    debug = cli("extract", "--source", str(missing), "--out", str(tmp_path / "o"),
+                "--pseudonymise", "--debug")
+    assert debug.returncode == 2 and mk.FOLDER_MARKER in debug.stderr

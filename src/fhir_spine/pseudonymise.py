@@ -617,6 +617,7 @@ class Deidentifier:
         self._mapped_systems = {e.system for group in self._entries(mappings)
                                 for e in group}
         self.dropped_fields: list[str] = []
+        self._search_type = ""
 
     # -- mappings
     @staticmethod
@@ -827,6 +828,8 @@ class Deidentifier:
                 p, path, strict=False)) for p in patterns)
 
         def walk(value: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+            if isinstance(value, Mapping) and isinstance(value.get("resource_type"), str):
+                self._search_type = value["resource_type"]  # a search record: its `_id`s
             if isinstance(value, Mapping) and (not path or declared_below(path)):
                 return True, {k: v for k, (keep, v) in
                               ((k, walk(v, (*path, str(k)))) for k, v in value.items())
@@ -902,8 +905,7 @@ class Deidentifier:
             rtype = {"patient": "Patient", "subject": "Patient",
                      "encounter": "Encounter"}.get(base, "")
             if base == "_id":
-                rtype = "Patient" if value in self.p.types_of and "Patient" in \
-                    self.p.types_of[value] else ""
+                rtype = self._search_type if is_resource_type(self._search_type) else ""
             return [name, ",".join(self._id(v, rtype or self._type_of(v)) for v in
                                    value.split(","))]
         if base in ("code", "_elements", "_count", "_lastUpdated", "_type", "_since",

@@ -296,6 +296,9 @@ MANIFEST = [
              "transactionTimes, counts", deid="keep")
       for n in ("kind", "transaction_times", "export_ids", "events", "complete",
                 "error_count")),
+    *(Column(f"query.{n}", "string", "how the cohort was searched: cohort kind, types, "
+             "page size, batch size, workers, search cap", deid="keep")
+      for n in ("cohort", "resource_types", "page_size", "batch_size", "workers", "cap")),
     Column("query.patients_file", "string", "the --patients file", deid="provenance"),
     Column("query.patients", "int", "patients asked for", deid="keep"),
     Column("query.index_codes", "list", "index-procedure code tokens searched (mappings)",

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("failed")
         # One plain line in every log format: the one thing a person or a scheduler's
         # alert must read (JSON log lines carry the details before it).
-        print(f"fhir-spine: error: {exc}", file=sys.stderr)
+        print(f"fhir-spine: error: {_shown(args, exc)}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("fhir-spine: interrupted", file=sys.stderr)
@@ -67,10 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"fhir-spine: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            f"fhir-spine: internal error: {type(exc).__name__}: {_shown(args, exc)} (rerun "
+            "with --debug)",
             file=sys.stderr,
         )
         return int(ExitCode.INTERNAL)
+
+
+def _shown(args: argparse.Namespace, exc: BaseException) -> str:
+    """An error's message; under --pseudonymise (without --debug) scrubbed as log lines are,
+    since it may quote ids or a server's text."""
+    if getattr(args, "pseudonymise", False) and not args.debug:
+        from fhir_spine.pseudonymise import scrub_log_text
+
+        return scrub_log_text(str(exc))
+    return str(exc)
 
 
 if __name__ == "__main__":
