@@ -206,3 +206,43 @@ def test_error_lines_are_scrubbed_too_unless_debug(tmp_path):
     debug = cli("extract", "--source", str(missing), "--out", str(tmp_path / "o"),
                 "--pseudonymise", "--debug")
     assert debug.returncode == 2 and mk.FOLDER_MARKER in debug.stderr
+
+
+def test_column_rules_one_by_one():
+    tables = Tables(
+        frame([{"patient_id": "p1", "age_at_biopsy": 93}, {"patient_id": "p2",
+                                                           "age_at_biopsy": 89}],
+              schema.PATIENTS),
+        frame([{"patient_id": "p1", "resource_type": "Procedure", "resource_id": "x1",
+                "code_system": "http://www.ama-assn.org/go/cpt", "code": "20225",
+                "concept": "vertebral-biopsy", "display": "Bx of Jo Smith",
+                "status": "Jo Smith", "used": True}], schema.EVENTS),
+        frame([], schema.OBSERVATIONS),
+        frame([{"severity": "info", "patient_id": "p1", "resource_type": "Smithian",
+                "code": "unmapped-code", "origin": "/data/Jo_Smith.ndjson:3",
+                "message": "/data/Jo_Smith.ndjson:3: code not mapped: "
+                           "http://site.example/cs|LOC-77 (Bx of Jo Smith)",
+                "set_aside": True}], schema.ISSUES),
+        frame([{"resource_type": "Procedure", "element": "Procedure.code",
+                "system": "http://site.example/cs", "code": "LOC-77",
+                "display": "Bx of Jo Smith", "resources": 1, "patients": 1},
+               {"resource_type": "Procedure", "element": "Procedure.code",
+                "system": "http://snomed.info/sct", "code": "12345", "display": "Smith",
+                "resources": 1, "patients": 1}], schema.CODES))
+    deid = Deidentifier(DeidOptions(KEY.encode(), top_code_ages=True),
+                        load_mappings(None, {}))
+    out = deid.tables(tables)
+    assert out.patients["age_at_biopsy"].tolist() == [90, 89]
+    event = out.events.iloc[0]
+    assert event["code"] == "20225" and event["status"] == "[other]"
+    assert event["display"].startswith("Percutaneous core-needle biopsy")
+    issue = out.issues.iloc[0]
+    assert issue["resource_type"] == "[other]" and issue["origin"].startswith("src-")
+    assert issue["message"].startswith(issue["origin"] + ": code not mapped: urn:fhir-spine")
+    assert "Smith" not in issue["message"] and "LOC-77" not in issue["message"]
+    assert out.codes["code"].tolist()[1] == "12345"  # a standard terminology's code
+    assert out.codes["code"].tolist()[0].startswith("code-")
+    assert out.codes["display"].isna().all()
+    back = deid.origin_map()
+    assert back["origins"][issue["origin"]] == "/data/Jo_Smith.ndjson:3"
+    assert ["http://site.example/cs", "LOC-77"] in back["local_codes"].values()

@@ -613,6 +613,8 @@ class Deidentifier:
         self.codes: dict[str, list[str]] = {}
         self.systems: dict[str, str] = {}
         self._sensitive: dict[str, str] = {}   # raw source text -> its replacement
+        self._index: dict[str, list[str]] | None = None
+        self._code_cache: dict[tuple[str, str], str] = {}
         self._named = self._named_codes(mappings)
         self._mapped_systems = {e.system for group in self._entries(mappings)
                                 for e in group}
@@ -657,13 +659,18 @@ class Deidentifier:
         if not isinstance(code, str) or not code:
             return code
         system = system if isinstance(system, str) else ""
+        cached = self._code_cache.get((system, code))
+        if cached is not None:
+            return cached
         if is_standard_system(system) or self._mapping_names(system, code) \
                 or _CODE_TOKEN.fullmatch(code):
-            return code
-        digest = _digest(self.p.key, _CODE_DOMAIN, system, code).hex()[:HEX_CHARS]
-        token = f"{CODE_PREFIX}-{digest}"
-        self.codes.setdefault(token, [system, code])
-        self._note_sensitive(code, token)
+            token = code
+        else:
+            digest = _digest(self.p.key, _CODE_DOMAIN, system, code).hex()[:HEX_CHARS]
+            token = f"{CODE_PREFIX}-{digest}"
+            self.codes.setdefault(token, [system, code])
+            self._note_sensitive(code, token)
+        self._code_cache[(system, code)] = token
         return token
 
     def system(self, system: Any) -> Any:
@@ -703,8 +710,9 @@ class Deidentifier:
         return self._coding(coded) if coded else str(self.provenance(m.group()))
 
     def _note_sensitive(self, raw: str, replacement: str) -> None:
-        if len(raw) >= 3 and raw not in self.p.types_of:
-            self._sensitive.setdefault(raw, replacement)
+        if len(raw) >= 3 and raw not in self.p.types_of and raw not in self._sensitive:
+            self._sensitive[raw] = replacement
+            self._index = None
 
     def scrub(self, text: Any, ctx: _Context | None = None, *, origin: str | None = None,
               server_text: bool = False) -> Any:
@@ -721,11 +729,24 @@ class Deidentifier:
             text = text.replace(origin, str(self.provenance(origin)))
         text = _PATHLIKE.sub(self._path_or_coding, text)
         text = _CODED.sub(self._coding, text)
-        for raw in sorted(self._sensitive, key=len, reverse=True):
+        for raw in self._sensitive_in(text):
             if raw in text:
                 text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(raw) + r"(?![A-Za-z0-9])",
-                              REDACTED, text)
+                              self._sensitive[raw], text)
         return self.p.scrub_free_text(text, ctx or _Context())
+
+    def _sensitive_in(self, text: str) -> list[str]:
+        """The raw source texts that may occur in `text`, longest first: looked up by
+        their first word, so a message costs its length, not the number of codes."""
+        if self._index is None:
+            self._index = {}
+            for raw in self._sensitive:
+                first = _WORD.search(raw)
+                self._index.setdefault(first.group() if first else "", []).append(raw)
+        found = list(self._index.get("", ()))
+        for word in set(_WORD.findall(text)):
+            found += self._index.get(word, ())
+        return sorted(set(found), key=len, reverse=True)
 
     # -- tables
     def tables(self, tables: Tables) -> Tables:
@@ -928,6 +949,7 @@ class Deidentifier:
                 "local_systems": dict(sorted(self.systems.items()))}
 
 
+_WORD = re.compile(r"[A-Za-z0-9]+")
 _PROVENANCE_TOKEN = re.compile(PROVENANCE_PREFIX + r"-[0-9a-f]{" + str(HEX_CHARS) + r"}")
 _CODE_TOKEN = re.compile(CODE_PREFIX + r"-[0-9a-f]{" + str(HEX_CHARS) + r"}")
 _SYSTEM_TOKEN = re.compile(re.escape(SYSTEM_PREFIX) + r"[0-9a-f]{" + str(HEX_CHARS) + r"}")

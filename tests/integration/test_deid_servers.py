@@ -95,3 +95,54 @@ def test_bulk_extract_with_pseudonymise_deletes_the_raw_export(marked, tmp_path)
                "--pseudonymise", "--keep-raw")
     assert kept.returncode in (0, 1), kept.stderr
     assert (tmp_path / "out.bulk").is_dir() and "identified data" in kept.stderr
+
+
+def test_refresh_with_pseudonymise_publishes_no_marker(marked, tmp_path):
+    base_url, patients = marked
+    out = tmp_path / "out"
+    argv = ("refresh", "--server", base_url, "--out", str(out), "--patients", str(patients),
+            "--pseudonymise", "--date-shift-days", "30")
+    first = cli(*argv)
+    assert first.returncode in (0, 1), first.stderr
+    # a change on the server: a new version carrying a new display and a new local code
+    changed = next(r for r in mk.server_resources() if r["id"].endswith("1-local"))
+    changed["code"]["coding"][0].update(code=f"{mk.LOCAL_CODE}77",
+                                        display=f"changed {mk.DISPLAY} {mk.NAME}")
+    put(base_url, changed)
+    second = cli(*argv, "--log-format", "json")
+    assert second.returncode in (0, 1), second.stderr
+    assert '"full": false' in second.stderr or "changes since" in second.stdout
+    report = cli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    hits = scan(out, first, second, report)
+    assert not hits, "\n".join(hits[:30])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["location"].startswith("src-")
+    assert "fields_not_published" not in manifest["pseudonymisation"], \
+        manifest["pseudonymisation"]
+    back = json.loads((tmp_path / "out.state" / "deid-map.json").read_text())
+    assert any(c[1] == f"{mk.LOCAL_CODE}77" for c in back["local_codes"].values())
+    # the same refresh without --pseudonymise shows the origins as before
+    plain = tmp_path / "plain"
+    proc = cli("refresh", "--server", base_url, "--out", str(plain), "--patients",
+               str(patients))
+    assert proc.returncode in (0, 1), proc.stderr
+    assert mk.GHOST_ID in (plain / "manifest.json").read_text()
+    assert mk.DISPLAY in (plain / "codes.csv").read_text()
+
+
+def test_bulk_refresh_with_pseudonymise_deletes_the_raw_layer(marked, tmp_path):
+    base_url, _ = marked
+    out = tmp_path / "out"
+    proc = cli("refresh", "--server", base_url, "--out", str(out), "--bulk", "patient",
+               "--pseudonymise")
+    assert proc.returncode in (0, 1), proc.stderr
+    hits = scan(out, proc)
+    assert not hits, "\n".join(hits[:30])
+    assert not (tmp_path / "out.state" / "bulk").exists()
+    assert "deleted the raw export" in proc.stderr
+    again = cli("refresh", "--server", base_url, "--out", str(out), "--bulk", "patient",
+                "--pseudonymise", "--keep-raw")
+    assert again.returncode in (0, 1), again.stderr
+    assert (tmp_path / "out.state" / "bulk").is_dir() and "identified data" in again.stderr
+    assert not scan(out, again)
