@@ -961,6 +961,32 @@ def schema_dtype(table: str, column: str) -> str:
     return next(c.dtype for c in schema.TABLES[table] if c.name == column)
 
 
+def drop_raw_layer(folder: Path, *, keep: bool) -> None:
+    """After a successful pseudonymised `--bulk` run the export's job folder (the raw
+    NDJSON: identified data) is deleted, unless `--keep-raw`: then stderr says where it
+    is. Only what an export job holds is removed (`job.json` and its file folders)."""
+    import shutil
+    import sys
+
+    from fhir_spine.sources.bulk.job import FOLDERS, JOB_FILE
+
+    if not folder.is_dir():
+        return
+    if keep:
+        print(f"fhir-spine: --keep-raw: the raw export in {folder.absolute()} holds "
+              "identified data (names, identifiers); delete it when done", file=sys.stderr)
+        return
+    for name in FOLDERS.values():
+        shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / JOB_FILE).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something else is in there: not ours to delete
+    print(f"fhir-spine: deleted the raw export {folder.absolute()} (identified data; "
+          "--keep-raw keeps it)", file=sys.stderr)
+
+
 def write_origin_map(path: Path, data: Mapping[str, Any]) -> None:
     """The mapping back, owner-only (0600 in a 0700 folder), replaced atomically."""
     import json

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,20 +127,6 @@ def extra_ids(args: argparse.Namespace, query: dict[str, Any]) -> dict[str, list
     return out
 
 
-def drop_raw_layer(folder: Path, *, keep: bool) -> None:
-    """After a successful pseudonymised run, the raw export (identified data) goes, unless
-    `--keep-raw`: then say where it is."""
-    if not folder.exists():
-        return
-    if keep:
-        print(f"fhir-spine: --keep-raw: the raw export in {folder.absolute()} holds "
-              "identified data (names, identifiers); delete it when done", file=sys.stderr)
-        return
-    shutil.rmtree(folder)
-    print(f"fhir-spine: deleted the raw export {folder.absolute()} (identified data; "
-          "--keep-raw keeps it)", file=sys.stderr)
-
-
 def add_pathway_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mappings", type=Path, help="site mappings folder layered over the "
                    "defaults (concepts.yaml, settings.yaml, views/)")
@@ -194,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     publish_deid_map(args.out, origin_map)
     if args.bulk and deid is not None:
         raw = args.bulk_dir or args.out.with_name(args.out.name + ".bulk")
+        from fhir_spine.pseudonymise import drop_raw_layer
+
         drop_raw_layer(raw, keep=args.keep_raw)
     severities = issue_counts(tables)
     acc = dataset.accounting
