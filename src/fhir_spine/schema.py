@@ -320,6 +320,8 @@ MANIFEST = [
     *_export("refresh.export"),
     Column("refresh.previous_run_killed", "object", "a run that did not finish (pid, host, "
            "start)", deid="keep"),
+    Column("refresh.previous_run_killed.command", "string", "its command line (paths)",
+           deid="provenance"),
     Column("settings", "object", "pathway settings in force", deid="keep"),
     Column("resources_read", "object", "resources read per type", deid="keep"),
     Column("accounting", "object", "read = used + set aside", deid="keep"),
