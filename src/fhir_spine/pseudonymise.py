@@ -39,6 +39,17 @@ Free text (`events.note`, `issues.message`, `issues.origin`, strings of the mani
     `'[redacted]'` otherwise, and every date-like text becomes `[date]`. Free text is
     cut to `MAX_TEXT` characters first.
 
+De-identified datasets (`Deidentifier`, what `--pseudonymise` publishes)
+    The functions above pseudonymise ids and dates. A published dataset goes further:
+    every column, manifest field and codebook column declares a rule in `schema.py`
+    (`schema.DEID_RULES`), and `Deidentifier` applies exactly those, for `extract` and
+    `refresh` alike (through `dataset.deidentified`). Provenance (paths, file names,
+    URLs with their queries, positions) becomes keyed `src-<hex>` pseudonyms; source
+    displays become the mappings' standard text or are dropped; local codes and systems
+    the mappings do not name become keyed pseudonyms; server text is withheld. The
+    mapping back (`origin_map`) is for the state folder, never the dataset.
+    `LogScrubber` does the same for log and error lines unless `--debug`.
+
 The key comes from `FHIR_SPINE_PSEUDONYM_KEY` or a key file, is required, must be at
 least `MIN_KEY_BYTES` bytes, and is never written or logged by this module (the
 manifest gets only `key_id`, an HMAC of a constant, to tell whether two datasets were
