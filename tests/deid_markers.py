@@ -104,9 +104,15 @@ def write_cohort(root: Path) -> Path:
     folder = root / FOLDER_MARKER
     sub = folder / f"{NAME}_records"
     sub.mkdir(parents=True)
+    resources = _patient_resources(PATIENT_ID, 1)
+    # conditional references by identifier: one resolves, one matches nobody
+    resources[2]["subject"] = {"reference": "Patient?identifier=http://hospital.example/mrn|"
+                                            f"{IDENTIFIER}1"}
+    resources[4]["subject"] = {"reference": "Patient?identifier=http://hospital.example/mrn|"
+                                            f"{IDENTIFIER}0&name={NAME}"}
     entries = [{"fullUrl": f"urn:uuid:{r['resourceType']}-{r['id']}", "resource": r,
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in _patient_resources(PATIENT_ID, 1)]
+               for r in resources]
     (folder / f"{FILE_MARKER}_{PATIENT_ID}.json").write_text(json.dumps(
         {"resourceType": "Bundle", "type": "transaction", "entry": entries}))
     lines = [json.dumps(r) for r in _patient_resources(PATIENT_ID_2, 2)]
