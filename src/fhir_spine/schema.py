@@ -116,6 +116,10 @@ PATIENTS = [
            deid="date-shift"),
     Column("diagnosis_available_date", "date", "first conclusive pathology report issued",
            deid="date-shift"),
+    Column("histology_basis", "string", "what the biopsy histology was read from: the "
+           "report's conclusionCode, its narrative conclusion (site text rule), or a neoplasm "
+           "Condition when no conclusion could be read", "coded, narrative, condition",
+           deid="keep"),
     Column("therapy_start_date", "date", "definitive therapy start", deid="date-shift"),
     Column("therapy_modalities", "string", "`;`-joined modalities starting within the first "
            "therapy window", "systemic; radiotherapy; surgery", deid="keep"),
