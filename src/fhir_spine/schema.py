@@ -103,12 +103,15 @@ PATIENTS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)", deid="pseudonym"),
     Column("included", "bool", "in the analytic cohort", "true, false", deid="keep"),
     Column("exclusion_reasons", "string", "`;`-joined exclusion reason codes, empty when "
-           "included", "; ".join(EXCLUSION_REASONS), deid="keep"),
+           "included (`*-date-unusable`: the record exists but its date cannot be placed "
+           "on a day)", "; ".join(EXCLUSION_REASONS), deid="keep"),
     Column("strategy", "string", "single-stage or staged; empty when not classifiable",
            ", ".join(STRATEGIES), deid="keep"),
     Column("strategy_basis", "string", "evidence that decided the strategy",
            "same-encounter, part-of, time-window, separate-session", deid="keep"),
-    Column("age_at_biopsy", "int", "age in whole years at the index biopsy", deid="age"),
+    Column("age_at_biopsy", "int", "age in whole years at the index biopsy; from a "
+           "year or year-month birthDate the lower bound when the dates leave it open (an "
+           "info row `partial-birth-date` says which)", deid="age"),
     Column("sex", "string", "Patient.gender", "female, male, other, unknown", deid="keep"),
     Column("index_biopsy_date", "date", "first completed percutaneous vertebral biopsy",
            deid="date-shift"),
@@ -120,7 +123,11 @@ PATIENTS = [
            "report's conclusionCode, its narrative conclusion (site text rule), or a neoplasm "
            "Condition when no conclusion could be read", "coded, narrative, condition",
            deid="keep"),
-    Column("therapy_start_date", "date", "definitive therapy start", deid="date-shift"),
+    Column("therapy_start_date", "date", "definitive therapy start: the first systemic "
+           "therapy, radiotherapy or oncologic surgery after the index biopsy that started "
+           "(a course in progress or stopped early did); a drug starts at its first "
+           "administration, else the order's planned start (boundsPeriod.start), else "
+           "authoredOn; a MedicationStatement at effective[x]", deid="date-shift"),
     Column("therapy_modalities", "string", "`;`-joined modalities starting within the first "
            "therapy window", "systemic; radiotherapy; surgery", deid="keep"),
     Column("days_biopsy_to_therapy", "int", "primary outcome: days index biopsy -> "
@@ -190,7 +197,8 @@ ISSUES = [
     Column("resource_type", "string", "FHIR resource type, when known", deid="vocabulary"),
     Column("resource_id", "string", "FHIR logical id, when known", deid="pseudonym"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
-           "unparseable-date, partial-date, unmapped-code, invalid-resource", deid="keep"),
+           "unparseable-date, partial-date, no-date, partial-birth-date, unmapped-code, "
+           "unresolved-medication, invalid-resource", deid="keep"),
     Column("message", "string", "one-line description", deid="scrub"),
     Column("origin", "string", "where it was read: file:line, bundle entry or URL",
            deid="provenance"),
@@ -206,7 +214,8 @@ CODES = [
     Column("display", "string", "first display seen", deid="display"),
     Column("resources", "int", "resources carrying this code", deid="keep"),
     Column("patients", "int", "patients with such a resource", deid="keep"),
-    Column("concept", "string", "pathway concept it mapped to; empty when unmapped", deid="keep"),
+    Column("concept", "string", "pathway concept it mapped to (`;`-joined when the code is "
+           "listed under several); empty when unmapped", deid="keep"),
 ]
 
 TABLES: dict[str, list[Column]] = {
