@@ -535,6 +535,7 @@ def pseudonymise_manifest(manifest: Mapping[str, Any], tables: Tables, key: byte
 
 
 # ------------------------------------------------------------- de-identified datasets
+DEID_MAP = "deid-map.json"  # the mapping back, in the state folder (OUT.state/)
 PROVENANCE_PREFIX = "src"
 CODE_PREFIX = "code"
 SYSTEM_PREFIX = "urn:fhir-spine:system:"

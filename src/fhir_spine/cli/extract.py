@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from fhir_spine.pseudonymise import DeidOptions
 
 log = logging.getLogger(__name__)
-DEID_MAP = "deid-map.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -106,7 +105,7 @@ def publish_deid_map(out: Path, origin_map: dict[str, Any] | None) -> None:
     """The mapping back to real origins, beside the state (OUT.state/), owner-only."""
     if origin_map is None:
         return
-    from fhir_spine.pseudonymise import write_origin_map
+    from fhir_spine.pseudonymise import DEID_MAP, write_origin_map
     from fhir_spine.refresh.state import state_dir_for
 
     where = state_dir_for(out) / DEID_MAP

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fhir_spine.cli.bulk_options import add_bulk_options
-from fhir_spine.cli.extract import add_pathway_options, pathway_overrides
+from fhir_spine.cli.extract import (
+    add_pathway_options,
+    add_privacy_options,
+    deid_options,
+    pathway_overrides,
+)
 from fhir_spine.cli.server_options import add_server_options
 from fhir_spine.errors import ExitCode, SpineError, UsageError
 
@@ -60,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="FHIR model validation (as for extract)")
     add_bulk_options(p, with_level=False)
     add_server_options(p)
+    add_privacy_options(p)
     p.set_defaults(func=run)
 
 
@@ -70,6 +76,7 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
     from fhir_spine.sources.bulk import parse_level
     from fhir_spine.sources.rest import RestOptions, read_patient_list
 
+    deid = deid_options(args)  # a missing key is exit 2 before any work
     for name in ("workers", "batch_size", "page_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -95,7 +102,8 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
         full_reconcile=args.full_reconcile, full=args.full, validation=args.validation,
         csv=not args.no_csv, export_timeout=args.export_timeout, bulk_dir=args.bulk_dir,
         rest=RestOptions(page_size=args.page_size, batch_size=args.batch_size,
-                         workers=args.workers, cap=args.search_cap or None))
+                         workers=args.workers, cap=args.search_cap or None),
+        deid=deid, keep_raw=args.keep_raw)
 
 
 def run(args: argparse.Namespace) -> int:
