@@ -349,6 +349,9 @@ MANIFEST = [
 ]
 
 
+MANIFEST = list({c.name: c for c in MANIFEST[::-1]}.values())[::-1]  # once each: the first
+
+
 def deid_rule(path: tuple[str, ...]) -> str | None:
     """The rule of a manifest field (`path`: keys, `[]` for a list item): the most specific
     declared pattern that is a prefix of it; None when none is."""
