@@ -43,9 +43,12 @@ def test_bad_input_becomes_issue_rows_and_error_exit(tmp_path):
     by_code = issues.groupby("code")["resource_id"].apply(lambda s: set(s.dropna()))
     assert "orphan" in by_code["missing-patient"]
     assert "baddate" in by_code["unparseable-date"]
-    assert "unk" in by_code["unmapped-code"]
+    # needing no attention: counted in the manifest, not a row (pipeline.QUIET_REASONS)
+    assert "unmapped-code" not in by_code and "unsupported-type" not in by_code
+    counted = json.loads((out / "manifest.json").read_text())["set_aside_counted"]
+    assert counted["unmapped-code"] == {"Procedure": 1}
+    assert counted["unsupported-type"] == {"Basic": 1}
     assert "invalid" in by_code["invalid-resource"]
-    assert "b" in by_code["unsupported-type"]
     assert issues.loc[issues["code"] == "malformed-json", "origin"].tolist() == [
         "Procedure.ndjson:6"]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import tempfile
+from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from hypothesis import strategies as st
 
 from fhir_spine.pathway.time import UnparseableTime, parse_when
 from fhir_spine.pipeline import extract
+from fhir_spine.prefilter import Prefilter
 from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem, iter_folder
 from fhir_spine.tables import build_tables
@@ -45,6 +47,7 @@ from fhir_spine.validate import validation_problem
 
 MAPPINGS = load_mappings(None, {})
 PATHWAY_TYPES = set(MAPPINGS.views)
+PREFILTER = Prefilter(MAPPINGS.concepts)
 FAST = settings(max_examples=int(os.environ.get("FHIR_SPINE_HYPOTHESIS_EXAMPLES", "100")),
                 deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
@@ -346,17 +349,26 @@ def _check_invariants(items, extraction, tables=None) -> None:
     traced |= {("Medication", m) for m in extraction.referenced_medications}
     origins = {o for *_, o, aside in issues if aside}
     flagged = {(t, r, c) for _, c, _, t, r, _, _ in issues}
+    # set aside needing no attention: counted per type, not a row (pipeline.QUIET_REASONS)
+    counted: Counter[str] = Counter()
+    for by_type in extraction.set_aside_counted.values():
+        counted.update(by_type)
+    untraced: Counter[str] = Counter()
     for item in items:
         if isinstance(item, ReadProblem):
             assert item.origin in origins, item
             continue
         r = item.resource
         rtype, rid = str(r.get("resourceType")), str(r.get("id") or "")
-        assert (rtype, rid) in traced or item.origin in origins, f"{rtype}/{rid} untraced"
-        # each problem is an issues row: an invalid resource is flagged as such
+        if (rtype, rid) not in traced and item.origin not in origins:
+            untraced[rtype] += 1
+        # each problem is an issues row: an invalid resource that can matter to the
+        # pathway is flagged as such (`warn` validates only those: prefilter.py)
         string_id = isinstance(r.get("id"), str) and r["id"].strip()
-        if rtype in PATHWAY_TYPES and string_id and validation_problem(r) is not None:
+        if rtype in PATHWAY_TYPES and string_id and PREFILTER.may_matter(r) \
+                and validation_problem(r) is not None:
             assert (rtype, rid, "invalid-resource") in flagged, f"{rtype}/{rid} not flagged"
+    assert all(n <= counted[t] for t, n in untraced.items()), (untraced, counted)
 
 
 # --------------------------------------------------------------------------- tests

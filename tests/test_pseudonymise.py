@@ -358,15 +358,13 @@ def test_free_text_keeps_its_meaning(cohort):
     out = pseudonymise_tables(tables, KEY)
     codes = set(out.issues["code"])
     assert {"missing-patient", "unparseable-date", "partial-date", "duplicate-resource",
-            "unresolved-medication", "unsupported-type"} <= codes
+            "unresolved-medication"} <= codes
     msg = dict(zip(out.issues["code"], out.issues["message"], strict=False))
-    assert msg["unsupported-type"] == "Basic is not used by the pathway"
     assert re.fullmatch(r"Procedure/proc-[0-9a-f]{20} read twice; kept the version from "
                         r"Procedure\.ndjson:\d+", msg["duplicate-resource"])
     assert "'[redacted]'" in msg["unresolved-medication"]
     origins = set(out.issues["origin"].dropna())
     assert any(re.fullmatch(r"Patient-pat-[0-9a-f]{20}\.json", o) for o in origins)
-    assert any(re.fullmatch(r"Basic-res-[0-9a-f]{20}\.json", o) for o in origins)
 
 
 def test_pseudonym_collisions_are_never_silent(monkeypatch, cohort):

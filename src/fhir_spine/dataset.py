@@ -69,6 +69,8 @@ class Part:
     read_by_type: Mapping[str, int]
     pending_medications: Mapping[str, str] = field(default_factory=dict)
     referenced_medications: frozenset[str] = frozenset()
+    # set aside without an issues row (pipeline.QUIET_REASONS): reason -> type -> count
+    set_aside_counted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -83,6 +85,7 @@ class Part:
             "read_by_type": dict(self.read_by_type),
             "pending_medications": dict(self.pending_medications),
             "referenced_medications": sorted(self.referenced_medications),
+            "set_aside_counted": {k: dict(v) for k, v in self.set_aside_counted.items()},
         })
 
     @classmethod
@@ -107,7 +110,7 @@ class Part:
             Accounting(int(c["read"]), int(c["used"]), int(c["set_aside"]),
                        list(c["unaccounted"])),
             raw["read_by_type"], raw["pending_medications"],
-            frozenset(raw["referenced_medications"]))
+            frozenset(raw["referenced_medications"]), raw.get("set_aside_counted", {}))
 
 
 _ROW_TABLES = ("patients", "events", "observations", "issues")
@@ -116,7 +119,7 @@ _ROW_TABLES = ("patients", "events", "observations", "issues")
 def part_of(extraction: Extraction) -> Part:
     return Part(rows_of(extraction), extraction.codes, extraction.counts,
                 dict(extraction.read_by_type), dict(extraction.pending_medications),
-                extraction.referenced_medications)
+                extraction.referenced_medications, extraction.set_aside_counted)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Dataset:
     tables: Tables
     accounting: Accounting
     read_by_type: Mapping[str, int]
+    set_aside_counted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def build_dataset(parts: Iterable[Part]) -> Dataset:
@@ -135,7 +139,10 @@ def build_dataset(parts: Iterable[Part]) -> Dataset:
     read = used = set_aside = 0
     unaccounted: list[str] = []
     read_by_type: Counter[str] = Counter()
+    counted: dict[str, Counter[str]] = {}
     for p in parts:
+        for reason, by_type in p.set_aside_counted.items():
+            counted.setdefault(reason, Counter()).update(by_type)
         pending.update(p.pending_medications)
         referenced |= p.referenced_medications
         read, used = read + p.counts.read, used + p.counts.used
@@ -150,7 +157,9 @@ def build_dataset(parts: Iterable[Part]) -> Dataset:
     check_accounting(accounting)
     tables = to_tables([*(p.rows for p in parts), medications],
                        (c for p in parts for c in p.codes))
-    return Dataset(tables, accounting, dict(sorted(read_by_type.items())))
+    return Dataset(tables, accounting, dict(sorted(read_by_type.items())),
+                   {reason: dict(sorted(by_type.items()))
+                    for reason, by_type in sorted(counted.items())})
 
 
 def check_accounting(acc: Accounting) -> None:
@@ -186,6 +195,9 @@ def manifest(dataset: Dataset, mappings: Mappings, *, validation: str,
         "accounting": {"read": acc.read, "used": acc.used, "set_aside": acc.set_aside,
                        "unaccounted": len(acc.unaccounted), "balanced": acc.balanced},
         "issues": {str(k): int(v) for k, v in severities.items()},
+        # set aside with no issues row: nothing to look at (a type the pathway does not
+        # read, a code no concept maps: see `codes`), reason -> resource type -> count
+        "set_aside_counted": {k: dict(v) for k, v in dataset.set_aside_counted.items()},
         "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
         "validation": validation,
         "warnings": [],

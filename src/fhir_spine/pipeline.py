@@ -14,9 +14,11 @@ counts. `dataset.py` turns one or several of them into the published tables.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -27,8 +29,10 @@ from fhir_spine.issues import Issue
 from fhir_spine.normalise import CodeCount, Measurement, Normalised, age_notes, normalise
 from fhir_spine.pathway.classify import reconstruct
 from fhir_spine.pathway.model import PatientInput, PatientResult
+from fhir_spine.prefilter import Prefilter
 from fhir_spine.settings import Mappings
-from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
+from fhir_spine.sources.export_artefacts import ExportArtefact
+from fhir_spine.sources.files import FileSource, RawResource, ReadProblem, SourceItem, iter_file
 from fhir_spine.validate import Mode, validation_problem
 from fhir_spine.views.runner import CompiledView, compile_view
 
@@ -71,6 +75,9 @@ class Extraction:
     counts: Accounting
     pending_medications: Mapping[str, str]
     referenced_medications: frozenset[str]
+    # Resources set aside that need no attention (QUIET_REASONS): counted, not an
+    # `issues` row each. reason -> resource type -> resources.
+    set_aside_counted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def patients(self) -> frozenset[str]:
@@ -90,6 +97,28 @@ class Extraction:
                                           self.referenced_medications)]
 
 
+# Set-aside reasons that need no one's attention: a type the pathway does not read, a
+# code no concept maps (its code is in `codes`, unmapped first). Counted per reason and
+# type in the manifest (`set_aside_counted`), never an `issues` row each: on a real
+# export they are nearly every resource read.
+QUIET_REASONS = frozenset({"unsupported-type", "unmapped-code"})
+
+
+def is_quiet(issue: Issue) -> bool:
+    return issue.sets_aside and issue.severity == "info" and issue.code in QUIET_REASONS
+
+
+def count_quiet(counts: dict[str, Counter[str]], issues: Iterable[Issue]) -> list[Issue]:
+    """The issues that need attention; the quiet ones are added to `counts`."""
+    kept = []
+    for issue in issues:
+        if is_quiet(issue):
+            counts.setdefault(issue.code, Counter())[issue.resource_type] += 1
+        else:
+            kept.append(issue)
+    return kept
+
+
 def unreferenced_medications(pending: Mapping[str, str], referenced: Iterable[str]
                              ) -> list[Issue]:
     """The set-aside issue of every pending Medication no order refers to."""
@@ -103,14 +132,99 @@ def extract(
     items: Iterable[SourceItem], mappings: Mappings, *, validation: Mode = "warn",
     progress: Callable[[int], None] | None = None,
 ) -> Extraction:
-    views = {rtype: compile_view(view) for rtype, view in mappings.views.items()
-             if rtype in REGISTRY}
-    reader = _Reader(views, mappings.view_files, validation)
+    reader = _new_reader(mappings, validation)
     for item in items:
         if progress is not None:
             progress(1)
         reader.read(item)
+    return _finish(reader, mappings)
 
+
+def extract_files(source: FileSource, mappings: Mappings, *, validation: Mode = "warn",
+                  jobs: int = 1, progress: Callable[[int], None] | None = None) -> Extraction:
+    """`extract` over a folder, its files read, pre-filtered, validated and flattened in
+    `jobs` processes (issue 16). Each file is one unit whatever `jobs` is, and the units
+    are merged in file order (duplicates decided then, as reading them in order would),
+    so the same folder gives the same tables for any `jobs`. Export artefacts are added
+    to `source.export_artefacts`."""
+    reader = _new_reader(mappings, validation)
+    files = source.files()
+    source.export_artefacts.clear()
+    global _WORKER  # noqa: PLW0603 - inherited by the forked workers, never pickled
+    _WORKER = (source.folder, mappings, validation)
+    try:
+        if jobs <= 1 or len(files) <= 1:
+            parts: Iterable[_FilePart] = map(_read_file, files)
+            _merge_all(reader, source, parts, progress)
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(min(jobs, len(files))) as pool:
+                _merge_all(reader, source, pool.imap(_read_file, files, chunksize=4),
+                           progress)
+    finally:
+        _WORKER = None
+    return _finish(reader, mappings)
+
+
+@dataclass
+class _FilePart:
+    """What one file gave: kept view rows in reading order (duplicates not yet decided),
+    the problems, counts and export artefacts."""
+
+    entries: list[tuple[str, str, list[Row]]]
+    issues: list[Issue]
+    quiet: dict[str, Counter[str]]
+    read_by_type: Counter[str]
+    count: int
+    aside: int
+    artefacts: list[ExportArtefact]
+
+
+_WORKER: tuple[Path, Mappings, Mode] | None = None
+_WORKER_READER: dict[int, tuple[Mappings, _Reader]] = {}
+
+
+def _read_file(path: Path) -> _FilePart:
+    assert _WORKER is not None
+    folder, mappings, validation = _WORKER
+    cached = _WORKER_READER.get(id(mappings))  # views compiled once per process
+    if cached is None or cached[0] is not mappings:
+        _WORKER_READER.clear()
+        cached = (mappings, _new_reader(mappings, validation))
+        _WORKER_READER[id(mappings)] = cached
+    reader = cached[1]
+    reader.reset(collect=True)
+    artefacts: list[ExportArtefact] = []
+    for item in iter_file(folder, path, artefacts):
+        reader.read(item)
+    assert reader.entries is not None
+    return _FilePart(reader.entries, reader.issues, reader.quiet, reader.read_by_type,
+                     reader.count, reader.aside, artefacts)
+
+
+def _merge_all(reader: _Reader, source: FileSource, parts: Iterable[_FilePart],
+               progress: Callable[[int], None] | None) -> None:
+    for part in parts:
+        reader.issues.extend(part.issues)
+        for reason, by_type in part.quiet.items():
+            reader.quiet.setdefault(reason, Counter()).update(by_type)
+        reader.read_by_type.update(part.read_by_type)
+        reader.count += part.count
+        reader.aside += part.aside
+        source.export_artefacts.extend(part.artefacts)
+        for rtype, rid, rows in part.entries:
+            reader.keep(rtype, rid, rows)
+        if progress is not None:
+            progress(part.count)
+
+
+def _new_reader(mappings: Mappings, validation: Mode) -> _Reader:
+    views = {rtype: compile_view(view) for rtype, view in mappings.views.items()
+             if rtype in REGISTRY}
+    return _Reader(views, mappings.view_files, validation, Prefilter(mappings.concepts))
+
+
+def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
     # Rows are handled in id order, not reading order, so that what the pathway sees (and
     # the order of its decisions) depends on the resources, not on how a source or a
     # refresh's store happened to list them.
@@ -121,25 +235,36 @@ def extract(
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
 
     counts, pending = _account(reader, normalised, results)
+    quiet = reader.quiet
+    normalise_issues = count_quiet(quiet, normalised.issues)
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
-        normalised.issues + age_notes(normalised, results), normalised.codes,
+        (*normalise_issues, *age_notes(normalised, results)), normalised.codes,
         normalised.measurements,
         MappingProxyType(dict(reader.read_by_type)), counts, MappingProxyType(pending),
-        normalised.referenced_medications)
+        normalised.referenced_medications,
+        {reason: dict(sorted(by_type.items())) for reason, by_type in sorted(quiet.items())})
 
 
 class _Reader:
     """Items -> view rows by type and id, with the problems met and the counts so far."""
 
     def __init__(self, views: dict[str, CompiledView], files: Mapping[str, str],
-                 validation: Mode) -> None:
+                 validation: Mode, prefilter: Prefilter) -> None:
         self.views = views
+        self.prefilter = prefilter
         self.files = files
         self.validation = validation
-        self.rows: dict[str, dict[str, list[Row]]] = {t: {} for t in views}
+        self.reset()
+
+    def reset(self, *, collect: bool = False) -> None:
+        """Empty; with `collect`, kept rows go to `entries` in reading order, duplicates
+        undecided (a file part of `extract_files`, merged with `keep`)."""
+        self.rows: dict[str, dict[str, list[Row]]] = {t: {} for t in self.views}
+        self.entries: list[tuple[str, str, list[Row]]] | None = [] if collect else None
         self.read_by_type: Counter[str] = Counter()
         self.issues: list[Issue] = []
+        self.quiet: dict[str, Counter[str]] = {}  # reason -> type -> set aside, no row
         self.count = 0          # items read
         self.aside = 0          # items set aside while reading
 
@@ -169,15 +294,19 @@ class _Reader:
             self.aside += 1
 
         view = self.views.get(rtype)
-        if view is None:
-            set_aside("info", "unsupported-type", f"{rtype} is not used by the pathway")
+        if view is None:  # counted, not a row (QUIET_REASONS)
+            self.quiet.setdefault("unsupported-type", Counter())[rtype] += 1
+            self.aside += 1
             return
         if not rid.strip():
             shown = "has no id" if raw_id in (None, "") else \
                 f"has a non-string id ({type(raw_id).__name__})"
             set_aside("error", "no-id", f"{rtype} at {item.origin} {shown}")
             return
-        if self.validation != "off":
+        # Validation where it pays: `warn` validates only what can matter to the pathway
+        # (prefilter.py); `strict` validates every resource of a type it reads.
+        if self.validation == "strict" or (
+                self.validation == "warn" and self.prefilter.may_matter(resource)):
             problem = validation_problem(resource)
             if problem is not None:
                 if self.validation == "strict":
@@ -200,9 +329,18 @@ class _Reader:
         if resource.get("contained"):  # `#id` references resolve against these
             inner = contained_rows(resource, self.views)
             rows = [{**r, "_contained": inner} for r in rows]
+        if self.entries is not None:
+            self.entries.append((rtype, rid, rows))
+            return
+        self.keep(rtype, rid, rows)
+
+    def keep(self, rtype: str, rid: str, rows: list[Row]) -> None:
+        """Keep a resource's rows; of two with one type and id, the newer
+        `meta.lastUpdated` (on a tie the later read), the other an issues row."""
         previous = self.rows[rtype].get(rid)
         if previous is not None:
-            keep, drop = (rows, previous) if last_updated >= previous[0]["_last_updated"] \
+            keep, drop = (rows, previous) \
+                if rows[0]["_last_updated"] >= previous[0]["_last_updated"] \
                 else (previous, rows)
             self.rows[rtype][rid] = keep
             self.issues.append(Issue(

@@ -200,8 +200,12 @@ ISSUES = [
     Column("resource_type", "string", "FHIR resource type, when known", deid="vocabulary"),
     Column("resource_id", "string", "FHIR logical id, when known", deid="pseudonym"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
-           "unparseable-date, partial-date, no-date, partial-birth-date, unmapped-code, "
-           "unresolved-medication, invalid-resource", deid="keep"),
+           "unparseable-date, partial-date, no-date, partial-birth-date, "
+           "unresolved-medication, invalid-resource; one row per thing a person should "
+           "look at. Resources set aside that need no attention (unsupported-type: a type "
+           "the pathway does not read; unmapped-code: a code no concept maps) have no "
+           "row: they are counted per reason and type in manifest.json "
+           "set_aside_counted, their codes in `codes`", deid="keep"),
     Column("message", "string", "one-line description", deid="scrub"),
     Column("origin", "string", "where it was read: file:line, bundle entry or URL",
            deid="provenance"),
@@ -342,6 +346,9 @@ MANIFEST = [
     Column("resources_read", "object", "resources read per type", deid="keep"),
     Column("accounting", "object", "read = used + set aside", deid="keep"),
     Column("issues", "object", "issues per severity", deid="keep"),
+    Column("set_aside_counted", "object", "resources set aside needing no attention, "
+           "counted instead of an issues row each: reason (unsupported-type, "
+           "unmapped-code) -> resource type -> count", deid="keep"),
     Column("rows", "object", "rows per table", deid="keep"),
     Column("mapping_files[].path", "string", "mapping file (defaults by package name, site "
            "files by path)", deid="provenance"),

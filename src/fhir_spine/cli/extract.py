@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="output folder, replaced atomically (default: ./fhir-spine-out)")
     add_pathway_options(p)
     p.add_argument("--no-csv", action="store_true", help="write Parquet only")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes reading a --source folder, one file at a time "
+                   "(default: the machine's cores); the tables are the same for any N")
     p.add_argument("--validation", choices=["off", "warn", "strict"], default="warn",
                    help="FHIR model validation: warn = issues row and keep the resource "
                    "(default); strict = set invalid resources aside; off = skip")
@@ -230,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
     from fhir_spine.dataset import build_dataset, deidentified, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_apart, check_target, publish, publish_policy, write_dataset
-    from fhir_spine.pipeline import extract
+    from fhir_spine.pipeline import extract, extract_files
     from fhir_spine.summary import dataset_counts, note, summary_lines, timezone_line
 
     started = datetime.now(UTC)
@@ -256,7 +260,11 @@ def run(args: argparse.Namespace) -> int:
             "fhir_version": "4.0.1", "query": {}}
     log.info("reading %s", info["source"]["location"])
     with counter("resources read", quiet=args.quiet) as tick:
-        extraction = extract(items, mappings, validation=args.validation, progress=tick)
+        if source is None:
+            extraction = extract(items, mappings, validation=args.validation, progress=tick)
+        else:
+            extraction = extract_files(files, mappings, validation=args.validation,
+                                       jobs=max(1, args.jobs), progress=tick)
     if source is not None:  # a Bulk Data export folder: its transactionTime, its log
         info["query"].update(files.query_info())
     dataset = build_dataset([part_of(extraction)])  # exit 70 unless accounting balances

@@ -110,15 +110,12 @@ class FileSource:
         if not files:
             log.warning("no .ndjson or .json files found under %s", self.folder)
         for path in files:
-            name = str(path.relative_to(self.folder))
-            if path.name.lower().endswith(NDJSON_SUFFIXES):
-                yield from _iter_ndjson(path, name, unpack=True,
-                                        artefacts=self.export_artefacts)
-                continue
-            try:
-                yield from _iter_json(path, name, self.export_artefacts)
-            except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
-                yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
+            yield from iter_file(self.folder, path, self.export_artefacts)
+
+    def files(self) -> list[Path]:
+        """The folder's FHIR files in reading order (`iter_file` reads one: the unit
+        of a parallel extraction, pipeline.extract_files)."""
+        return fhir_files(self.folder)
 
     @property
     def transaction_time(self) -> str | None:
@@ -132,6 +129,19 @@ class FileSource:
             return {}
         return {"kind": "bulk-export-folder", "transaction_time": self.transaction_time,
                 "export_artefacts": [a.summary() for a in self.export_artefacts]}
+
+
+def iter_file(folder: Path, path: Path, artefacts: list[ExportArtefact]
+              ) -> Iterator[SourceItem]:
+    """The items of one file of `folder`; its export artefacts are added to `artefacts`."""
+    name = str(path.relative_to(folder))
+    if path.name.lower().endswith(NDJSON_SUFFIXES):
+        yield from _iter_ndjson(path, name, unpack=True, artefacts=artefacts)
+        return
+    try:
+        yield from _iter_json(path, name, artefacts)
+    except (OSError, EOFError) as exc:  # unreadable file, truncated gzip
+        yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {exc}")
 
 
 def iter_folder(folder: Path) -> Iterator[SourceItem]:
