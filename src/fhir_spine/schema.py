@@ -166,6 +166,14 @@ CODES = [
     Column("patients", "int", "patients with such a resource"),
     Column("concept", "string", "pathway concept it mapped to (`;`-joined when the code is "
            "listed under several); empty when unmapped"),
+    Column("suggested_concept", "string", "for an unmapped code: the concept its display "
+           "suggests (mappings/lexicon.yaml: drug names, radiotherapy, biopsy, pedicle "
+           "screw, ...); empty when mapped or nothing matched"),
+    Column("suggestion_rule", "string", "the lexicon rule that made the suggestion"),
+    Column("patients_affected", "int", "excluded patients carrying the code whose exclusion "
+           "reason the suggested concept answers (e.g. no-definitive-therapy for a therapy "
+           "concept): whose classification would change if it were mapped as suggested "
+           "(an upper bound: dates and statuses are still checked); 0 without a suggestion"),
 ]
 
 TABLES: dict[str, list[Column]] = {

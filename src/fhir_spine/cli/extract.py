@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_target, publish, write_dataset
     from fhir_spine.pipeline import extract
+    from fhir_spine.review import warning_line
     from fhir_spine.summary import summary_lines
 
     started = datetime.now(UTC)
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
                     fhir_version=info["fhir_version"], query=info["query"], started=started,
                     finished=datetime.now(UTC))
+    review_line = warning_line(tables.codes, tables.patients)
+    if review_line:
+        meta["warnings"].append(review_line)
     if key is not None:
         from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
 
@@ -128,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"resources read {acc.read}: used {acc.used}, set aside {acc.set_aside}; "
           f"issues: {', '.join(f'{k} {v}' for k, v in sorted(severities.items())) or 'none'}")
     print(f"wrote {args.out}")
+    if review_line:  # the last line: visible to a person and in a scheduler's log
+        print(review_line, file=sys.stderr)
     if severities.get("error"):
         return int(ExitCode.DATA_ISSUES)
     return int(ExitCode.OK)
