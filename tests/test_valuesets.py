@@ -89,3 +89,10 @@ def test_codes_and_patterns_of_an_element():
     assert (SCT, "128462008") in findings and (SCT, "94222008") in findings
     assert cmap.codes("procedure", "radiotherapy") >= {(SCT, "703423002")}
     assert ("http://hl7.org/fhir/sid/icd-10-cm", "range", "C77-C79") in cmap.patterns("finding")
+
+
+def test_value_sets_are_valid_fhir_models():
+    from fhir_spine.validate import validation_problem
+
+    for vs in valuesets.load(FOLDER):
+        assert validation_problem(vs) is None, vs["id"]

@@ -182,7 +182,9 @@ def manifest(dataset: Dataset, mappings: Mappings, *, validation: str,
         "issues": {str(k): int(v) for k, v in severities.items()},
         "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
         "validation": validation,
-        "warnings": [],
+        **({"terminology": mappings.terminology} if mappings.terminology else {}),
+        "warnings": ([mappings.terminology["warning"]]
+                     if mappings.terminology and mappings.terminology.get("warning") else []),
     }
 
 

@@ -76,10 +76,17 @@ def add_pathway_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timezone", help="site time zone for calendar days (default UTC)")
     p.add_argument("--same-session-gap-hours", type=float,
                    help="biopsy and stabilization this close count as one session (default 6)")
+    p.add_argument("--terminology", metavar="URL",
+                   help="FHIR terminology server that expands the intensional concepts "
+                   "(SNOMED CT is-a); default: the offline expansions of concepts.yaml")
+    p.add_argument("--terminology-optional", action="store_true", default=None,
+                   help="a terminology server that cannot answer is a warning, not an error")
 
 
 def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours}
+    return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours,
+            "terminology": getattr(args, "terminology", None),
+            "terminology_optional": getattr(args, "terminology_optional", None)}
 
 
 def run(args: argparse.Namespace) -> int:
