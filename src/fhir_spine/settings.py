@@ -225,6 +225,7 @@ def load_mappings(
         else:
             concept_docs = [site_doc]
     concepts = build_concept_map(concept_docs)
+    _read_yaml(DEFAULT_MAPPINGS / "lexicon.yaml", files)  # review.py's suggestions: recorded
     terminology = None
     if settings.terminology:
         from fhir_spine.terminology import apply

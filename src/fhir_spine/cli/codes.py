@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+THERAPY_CONCEPTS = frozenset({
+    "radiotherapy", "systemic-therapy", "systemic-therapy-procedure", "oncologic-resection",
+    "separation-surgery", "cancer-related-surgery"})
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -36,13 +40,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: no codes.parquet or codes.csv (an extract output folder?)")
     if "suggested_concept" not in codes:
         raise UsageError(f"{out}: codes table without suggested_concept (older fhir-spine)")
+    therapy = codes[codes["concept"].fillna("").str.split(";").map(
+        lambda cs: bool(set(cs) & THERAPY_CONCEPTS))]
+    if len(therapy):
+        print("therapy codes mapped (code, display, concept, resources):")
+        for r in therapy.sort_values(["concept", "resources"], ascending=[True, False],
+                                     kind="stable").itertuples(index=False):
+            print(f"  {r.system}|{r.code}\t{r.display}\t{r.concept}\t{r.resources}")
     hints = codes[codes["suggested_concept"].notna()].sort_values(
         ["patients_affected", "resources"], ascending=False, kind="stable")
+    print(f"{len(hints)} unmapped code(s) with a suggestion (code, display, suggested "
+          "concept, counts):")
     for r in hints.itertuples(index=False):
-        print(f"{r.resource_type}\t{r.system}|{r.code}\t{r.display}\t-> {r.suggested_concept}"
+        print(f"  {r.resource_type}\t{r.system}|{r.code}\t{r.display}\t-> {r.suggested_concept}"
               f"\tresources {r.resources}, patients {r.patients}, "
               f"affected {r.patients_affected}")
-    print(f"{len(hints)} unmapped code(s) with a suggestion")
     if args.write_site_mappings is not None:
         folder: Path = args.write_site_mappings
         target = folder / "concepts.yaml"
