@@ -98,8 +98,14 @@ def test_suggestions_by_element():
                           "Radiation therapy care (regime/therapy)")[0] == "radiotherapy"
     assert review.suggest("Procedure", "Procedure.code",
                           "Insertion of pedicle screw")[0] == "stabilization"
-    assert review.suggest("Procedure", "Procedure.code", "Biopsy of lung")[0] == \
-        "vertebral-biopsy"
+    assert review.suggest("Procedure", "Procedure.code", "Biopsy of lung") is None
+    assert review.suggest("Procedure", "Procedure.code",
+                          "Percutaneous biopsy of vertebral body")[0] == "vertebral-biopsy"
+    assert review.suggest("Procedure", "Procedure.code", "Subcutaneous immunotherapy") is None
+    assert review.suggest("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                          "Hydrocortisone 10 MG/ML Topical Cream") is None
+    assert review.suggest("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                          "predniSONE 5 MG Oral Tablet")[0] == "steroid"
     assert review.suggest("Encounter", "Encounter.reasonCode", "chemotherapy") is None
     assert review.suggest("Procedure", "Procedure.code", None) is None
 

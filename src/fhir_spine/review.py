@@ -67,9 +67,17 @@ def _rules(path: str = str(LEXICON)) -> dict[str, list[tuple[str, str, re.Patter
     for group, concepts in doc.items():
         for concept, terms in (concepts or {}).items():
             for term in terms:
-                pattern = re.compile(r"(?<![a-z0-9])" + re.escape(str(term).lower()))
-                out.setdefault(str(group), []).append((str(concept), str(term), pattern))
+                out.setdefault(str(group), []).append((str(concept), str(term), _term(term)))
     return out
+
+
+def _term(term: object) -> re.Pattern[str]:
+    """`word` at a word start; `a & b` both; `a & !b` a without b (a lookahead regex)."""
+    parts = [p.strip().lower() for p in str(term).split("&")]
+    ahead = "".join(
+        ("(?!.*" if p.startswith("!") else "(?=.*") + r"(?<![a-z0-9])"
+        + re.escape(p.lstrip("!").strip()) + ")" for p in parts)
+    return re.compile("^" + ahead, re.DOTALL)
 
 
 def suggest(resource_type: str, element: str, display: str | None) -> tuple[str, str] | None:
@@ -79,7 +87,7 @@ def suggest(resource_type: str, element: str, display: str | None) -> tuple[str,
         return None
     text = display.lower()
     for concept, term, pattern in _rules().get(group, []):
-        if pattern.search(text):
+        if pattern.match(text):
             return concept, f"lexicon {group}: display contains {term!r}"
     return None
 
