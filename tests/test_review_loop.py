@@ -63,10 +63,11 @@ def test_excluded_suggested_drafted_and_included(tmp_path):
     flagged = issues[issues["code"] == review.ISSUE_CODE]
     assert len(flagged) == 1 and CODE in flagged.iloc[0]["message"]
     assert flagged.iloc[0]["severity"] == "warning"
-    last = first.stderr.strip().splitlines()[-1]
-    assert last.startswith("warning: 1 unmapped code(s)") and CODE in last, first.stderr
+    warned = [line for line in first.stderr.splitlines() if "unmapped code(s)" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING"), first.stderr
+    assert "1 unmapped code(s) with a suggested concept" in warned[0] and CODE in warned[0]
     meta = json.loads((tmp_path / "out1" / "manifest.json").read_text(encoding="utf-8"))
-    assert last in meta["warnings"]
+    assert any(w in warned[0] for w in meta["warnings"] if "unmapped code(s)" in w)
 
     site = tmp_path / "site"
     drafted = _cli("codes", str(tmp_path / "out1"), "--write-site-mappings", str(site))

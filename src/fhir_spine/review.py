@@ -143,7 +143,7 @@ def warning_line(codes: Any, patients: Any, top: int = 3) -> str | None:
     n = int(rows["patients_affected"].max())  # the union is not in the table: a floor
     shown = ", ".join(f"{r.code} {r.display!r} -> {r.suggested_concept}"
                       for r in rows.head(top).itertuples(index=False))
-    return (f"warning: {len(rows)} unmapped code(s) with a suggested concept are carried by "
+    return (f"{len(rows)} unmapped code(s) with a suggested concept are carried by "
             f"excluded patients (at least {n} of {len(excluded)} excluded); top: {shown}; "
             "see codes.csv and `fhir-spine codes OUT --write-site-mappings DIR`")
 

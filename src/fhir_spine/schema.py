@@ -63,11 +63,14 @@ _ADVERSE_EVENT_MEANINGS: dict[AdverseEvent, str] = {
 
 PATIENTS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)"),
-    Column("included", "bool", "in the analytic cohort", "true, false"),
+    Column("included", "bool", "in the analytic cohort; excluded patients keep their "
+           "strategy, dates and intervals, so filter on this column before analysing",
+           "true, false"),
     Column("exclusion_reasons", "string", "`;`-joined exclusion reason codes, empty when "
            "included (`*-date-unusable`: the record exists but its date cannot be placed "
            "on a day)", "; ".join(EXCLUSION_REASONS)),
-    Column("strategy", "string", "single-stage or staged; empty when not classifiable",
+    Column("strategy", "string", "single-stage or staged; empty when not classifiable "
+           "(also filled for excluded patients: see `included`)",
            ", ".join(STRATEGIES)),
     Column("strategy_basis", "string", "evidence that decided the strategy",
            "same-encounter, part-of, time-window, separate-session"),

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
-from fhir_spine.errors import ExitCode
+from fhir_spine.errors import ExitCode, UsageError
 from fhir_spine.progress import counter
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import FileSource, check_folder
+
+if TYPE_CHECKING:
+    from fhir_spine.outputs import PublishPolicy
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,80 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--validation", choices=["off", "warn", "strict"], default="warn",
                    help="FHIR model validation: warn = issues row and keep the resource "
                    "(default); strict = set invalid resources aside; off = skip")
+    add_publish_options(p)
     add_server_options(p)
     add_bulk_options(p)
     add_privacy_options(p)
     p.set_defaults(func=run)
+
+
+def add_publish_options(p: argparse.ArgumentParser, *, scheduled: bool = False) -> None:
+    g = p.add_argument_group("publishing")
+    g.add_argument("--allow-empty", action="store_true",
+                   help="publish even when no resource was read or no patient screened "
+                   "(default: exit 10 and keep the previous dataset)")
+    if scheduled:
+        g.add_argument("--allow-shrink", action="store_true",
+                       help="publish even when far fewer patients are screened than in the "
+                       "published dataset (default: exit 11 and keep it)")
+        g.add_argument("--min-share", type=float, default=0.5, metavar="FRACTION",
+                       help="the shrink guard: refuse a dataset screening fewer than this "
+                       "share of the published one's patients (default 0.5)")
+    g.add_argument("--report", action="store_true",
+                   help="write the report (as `fhir-spine report`) into OUT/report/ of the "
+                   "new dataset before it is swapped in; a report of the previous dataset "
+                   "is not kept otherwise")
+
+
+def publish_policy_from(args: argparse.Namespace, warnings: tuple[str, ...] = ()
+                        ) -> PublishPolicy:
+    from fhir_spine.outputs import PublishPolicy
+
+    share = getattr(args, "min_share", 0.5)
+    if not 0 <= share <= 1:
+        raise UsageError("--min-share must be between 0 and 1")
+    return PublishPolicy(allow_empty=args.allow_empty,
+                         allow_shrink=getattr(args, "allow_shrink", True), min_share=share,
+                         report=args.report, warnings=warnings)
+
+
+def timezone_assumed(args: argparse.Namespace, *, demo: bool = False) -> bool:
+    """True when neither `--timezone` nor the site's settings.yaml names a time zone, so
+    UTC is a guess (the bundled demo cohort is written in UTC: no guess there)."""
+    if demo or args.timezone:
+        return False
+    site = args.mappings / "settings.yaml" if args.mappings is not None else None
+    if site is None or not site.is_file():
+        return True
+    import yaml
+
+    try:
+        doc = yaml.safe_load(site.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return True  # load_mappings reports it
+    return not (isinstance(doc, dict) and doc.get("timezone"))
+
+
+def timezone_warnings(args: argparse.Namespace, timezone: str, *, demo: bool = False
+                      ) -> tuple[str, ...]:
+    """The UTC-assumed warning: kept in the manifest, shown in the summary and logged once
+    the dataset is published (`log_warnings`: a run that fails says only why it failed)."""
+    if not timezone_assumed(args, demo=demo):
+        return ()
+    return (f"no time zone configured: calendar days are counted in {timezone} (assumed); "
+            "set --timezone or `timezone:` in the site settings.yaml",)
+
+
+def log_warnings(warnings: tuple[str, ...]) -> None:
+    for text in warnings:
+        log.warning("%s", text)
+
+
+def report_outside(args: argparse.Namespace) -> None:
+    """Say so when the swap drops a report of the previous dataset (no `--report`)."""
+    if not args.report and (args.out / "report").is_dir():
+        log.warning("%s/report (a report of the previous dataset) is replaced with the "
+                    "dataset; pass --report to regenerate it on each run", args.out)
 
 
 def add_privacy_options(p: argparse.ArgumentParser) -> None:
@@ -84,25 +157,47 @@ def add_pathway_options(p: argparse.ArgumentParser) -> None:
 
 
 def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
+    check_timezone(args.timezone)
     return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours,
             "terminology": getattr(args, "terminology", None),
             "terminology_optional": getattr(args, "terminology_optional", None)}
 
 
+def check_timezone(name: str | None) -> None:
+    """A `--timezone` typo is a usage error (exit 2) with the closest IANA names."""
+    if name is None:
+        return
+    import difflib
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else \
+            "give an IANA name such as Europe/Berlin or America/New_York"
+        raise UsageError(f"--timezone {name!r}: unknown time zone; {hint}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
     from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
-    from fhir_spine.outputs import check_target, publish, write_dataset
+    from fhir_spine.outputs import check_apart, check_target, publish, publish_policy, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.review import warning_line
-    from fhir_spine.summary import summary_lines
+    from fhir_spine.summary import dataset_counts, note, summary_lines, timezone_line
 
     started = datetime.now(UTC)
     key = pseudonym_key(args)
     source = None if args.server or args.bulk else check_folder(
         args.source if args.source is not None else DEMO_COHORT)
+    check_apart(args.out, source=source, bulk_dir=args.bulk_dir)
     check_target(args.out)
     mappings = load_mappings(args.mappings, pathway_overrides(args))
+    timezone = mappings.settings.timezone
+    tz_warnings = timezone_warnings(args, timezone, demo=source == DEMO_COHORT)
+    policy = publish_policy_from(args, tz_warnings)
+    report_outside(args)
     if source is None:  # info is filled while the items are read
         from fhir_spine.cli.bulk_options import bulk_source
         from fhir_spine.cli.server_options import server_source
@@ -131,17 +226,22 @@ def run(args: argparse.Namespace) -> int:
 
         meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
         tables = pseudonymise_tables(tables, key, args.date_shift_days)
-    publish(args.out, lambda folder: write_dataset(tables, meta, folder,
-                                                   csv=not args.no_csv))
+    note(**dataset_counts(tables.patients, tables.issues, meta["accounting"]),
+         timezone=timezone, timezone_assumed=bool(tz_warnings), out=str(args.out))
+    with publish_policy(policy):
+        publish(args.out, lambda folder: write_dataset(tables, meta, folder,
+                                                       csv=not args.no_csv))
+    log_warnings(tz_warnings)
     severities = issue_counts(tables)
     acc = dataset.accounting
     for line in summary_lines(tables.patients):
         print(line)
+    print(timezone_line(timezone, bool(tz_warnings)))
     print(f"resources read {acc.read}: used {acc.used}, set aside {acc.set_aside}; "
           f"issues: {', '.join(f'{k} {v}' for k, v in sorted(severities.items())) or 'none'}")
     print(f"wrote {args.out}")
-    if review_line:  # the last line: visible to a person and in a scheduler's log
-        print(review_line, file=sys.stderr)
+    if review_line:  # after the summary: visible to a person and in a scheduler's log
+        log.warning("%s", review_line)
     if severities.get("error"):
         return int(ExitCode.DATA_ISSUES)
     return int(ExitCode.OK)

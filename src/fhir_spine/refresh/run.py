@@ -91,8 +91,9 @@ class Refresh:
                                      f"{self.client.base_url}; use another --out, or --full "
                                      "to rebuild it from this server")
                 if state.scope != scope:
-                    raise StateError(f"{o.state_dir} was built with {state.scope}, this run "
-                                     f"asks for {scope}; run once with --full to rebuild")
+                    raise StateError(f"{o.state_dir} was built with another scope ("
+                                     f"{scope_difference(state.scope, scope)}); run once with "
+                                     "--full to rebuild it")
             full = o.full or state is None
             report = RefreshReport(full=full, watermark_before=None if full else
                                    state.watermark if state else None,
@@ -277,6 +278,26 @@ class Refresh:
             fhir_version=caps.fhir_version, query=query,
             started=now - timedelta(seconds=time.monotonic() - started), finished=now,
             refresh=report.as_dict())
+
+
+def scope_difference(before: dict[str, Any], now: dict[str, Any], limit: int = 200) -> str:
+    """The keys whose values differ, short: `bulk_level None -> 'system'`."""
+    parts = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            old, new = before.get(key), now.get(key)
+            if isinstance(old, list) and isinstance(new, list):
+                added = [str(v) for v in new if v not in old]
+                gone = [str(v) for v in old if v not in new]
+                parts.append(f"{key}: " + ", ".join(
+                    [f"+{v}" for v in added[:3]] + [f"-{v}" for v in gone[:3]]
+                    + (["..."] if len(added) > 3 or len(gone) > 3 else [])))
+            elif len(repr(old)) + len(repr(new)) > 60:
+                parts.append(f"{key} changed")
+            else:
+                parts.append(f"{key} {old!r} -> {new!r}")
+    text = "; ".join(parts) or "unknown difference"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _remove_leftovers(out: Path) -> None:
