@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.server_options import add_server_options
@@ -17,6 +18,7 @@ from fhir_spine.sources.files import FileSource, check_folder
 
 if TYPE_CHECKING:
     from fhir_spine.outputs import PublishPolicy
+    from fhir_spine.pseudonymise import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,12 @@ def add_privacy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--date-shift-days", type=int, default=0,
                    help="with --pseudonymise: shift each patient's dates by a keyed offset "
                    "in [-N, N] days (intervals unchanged)")
+    g.add_argument("--top-code-ages", action="store_true",
+                   help="with --pseudonymise: publish every age over 89 as 90 (\"90 or "
+                   "older\", as HIPAA Safe Harbor asks)")
+    g.add_argument("--keep-raw", action="store_true",
+                   help="with --pseudonymise --bulk: keep the downloaded export (identified "
+                   "data) instead of deleting it after a successful run")
 
 
 def pseudonym_key(args: argparse.Namespace) -> bytes | None:
@@ -137,10 +145,56 @@ def pseudonym_key(args: argparse.Namespace) -> bytes | None:
     from fhir_spine.pseudonymise import load_key
 
     if not args.pseudonymise:
-        if args.pseudonym_key_file or args.date_shift_days:
-            raise UsageError("--pseudonym-key-file and --date-shift-days need --pseudonymise")
+        if args.pseudonym_key_file or args.date_shift_days or args.top_code_ages \
+                or args.keep_raw:
+            raise UsageError("--pseudonym-key-file, --date-shift-days, --top-code-ages and "
+                             "--keep-raw need --pseudonymise")
         return None
     return load_key(os.environ, args.pseudonym_key_file)
+
+
+def deid_options(args: argparse.Namespace) -> DeidOptions | None:
+    """`--pseudonymise` and its companions, checked before any work is done (a missing
+    key is exit status 2); under it, logs are scrubbed unless `--debug`."""
+    from fhir_spine.pseudonymise import DeidOptions, install_log_scrubbing
+
+    key = pseudonym_key(args)
+    if key is None:
+        return None
+    options = DeidOptions(key, args.date_shift_days, args.top_code_ages)
+    if not args.debug:
+        known: list[str] = []
+        if getattr(args, "patients", None) is not None:
+            from fhir_spine.sources.rest import read_patient_list
+
+            known = read_patient_list(args.patients)
+        install_log_scrubbing(known)
+    return options
+
+
+def publish_deid_map(out: Path, origin_map: dict[str, Any] | None) -> None:
+    """The mapping back to real origins, beside the state (OUT.state/), owner-only."""
+    if origin_map is None:
+        return
+    from fhir_spine.pseudonymise import DEID_MAP, write_origin_map
+    from fhir_spine.refresh.state import state_dir_for
+
+    where = state_dir_for(out) / DEID_MAP
+    write_origin_map(where, origin_map)
+    print(f"fhir-spine: the mapping back to real origins (identified data, owner-only) is "
+          f"in {where}", file=sys.stderr)
+
+
+def extra_ids(args: argparse.Namespace, query: dict[str, Any]) -> dict[str, list[str]]:
+    """Ids the run asked for or was told about that may be in no table."""
+    out: dict[str, list[str]] = {}
+    if getattr(args, "patients", None) is not None:
+        from fhir_spine.sources.rest import read_patient_list
+
+        out["Patient"] = read_patient_list(args.patients)
+    for rtype, ids in (query.get("not_found") or {}).items():
+        out.setdefault(str(rtype), []).extend(str(i) for i in ids)
+    return out
 
 
 def add_pathway_options(p: argparse.ArgumentParser) -> None:
@@ -181,14 +235,14 @@ def check_timezone(name: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # pandas/pyarrow load here, not at start-up, so `fhir-spine --help` stays quick.
-    from fhir_spine.dataset import build_dataset, issue_counts, manifest, part_of
+    from fhir_spine.dataset import build_dataset, deidentified, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_apart, check_target, publish, publish_policy, write_dataset
     from fhir_spine.pipeline import extract
     from fhir_spine.review import warning_line
     from fhir_spine.summary import dataset_counts, note, summary_lines, timezone_line
 
     started = datetime.now(UTC)
-    key = pseudonym_key(args)
+    deid = deid_options(args)
     source = None if args.server or args.bulk else check_folder(
         args.source if args.source is not None else DEMO_COHORT)
     check_apart(args.out, source=source, bulk_dir=args.bulk_dir)
@@ -221,16 +275,19 @@ def run(args: argparse.Namespace) -> int:
     review_line = warning_line(tables.codes, tables.patients)
     if review_line:
         meta["warnings"].append(review_line)
-    if key is not None:
-        from fhir_spine.pseudonymise import pseudonymise_manifest, pseudonymise_tables
-
-        meta = pseudonymise_manifest(meta, tables, key, args.date_shift_days)
-        tables = pseudonymise_tables(tables, key, args.date_shift_days)
+    tables, meta, origin_map = deidentified(tables, meta, deid, mappings,
+                                            extra_ids=extra_ids(args, info["query"]))
     note(**dataset_counts(tables.patients, tables.issues, meta["accounting"]),
          timezone=timezone, timezone_assumed=bool(tz_warnings), out=str(args.out))
     with publish_policy(policy):
         publish(args.out, lambda folder: write_dataset(tables, meta, folder,
                                                        csv=not args.no_csv))
+    publish_deid_map(args.out, origin_map)
+    if args.bulk and deid is not None:
+        raw = args.bulk_dir or args.out.with_name(args.out.name + ".bulk")
+        from fhir_spine.pseudonymise import drop_raw_layer
+
+        drop_raw_layer(raw, keep=args.keep_raw)
     log_warnings(tz_warnings)
     severities = issue_counts(tables)
     acc = dataset.accounting

@@ -129,19 +129,20 @@ def _run(args: argparse.Namespace) -> tuple[int, str | None]:
     except SpineError as exc:
         if args.debug:
             log.exception("failed")
-        summary.note(error=str(exc), error_type=type(exc).__name__)
+        summary.note(error=_shown(args, exc), error_type=type(exc).__name__)
         # One line, the one thing a person or a scheduler's alert must read (JSON log
         # lines carry the details before it).
-        return int(exc.exit_code), f"fhir-spine: error: {exc}"
+        return int(exc.exit_code), f"fhir-spine: error: {_shown(args, exc)}"
     except KeyboardInterrupt:
         summary.note(error="interrupted", error_type="KeyboardInterrupt")
         return 130, "fhir-spine: interrupted"
     except Exception as exc:  # a bug: keep the user's terminal readable
         if args.debug:
             raise
-        summary.note(error=f"{type(exc).__name__}: {exc}", error_type="InternalError")
+        summary.note(error=f"{type(exc).__name__}: {_shown(args, exc)}", error_type="InternalError")
         return int(ExitCode.INTERNAL), (
-            f"fhir-spine: internal error: {type(exc).__name__}: {exc} (rerun with --debug)")
+            f"fhir-spine: internal error: {type(exc).__name__}: {_shown(args, exc)} "
+            "(rerun with --debug)")
 
 
 def _final(args: argparse.Namespace, code: int, error: str | None, seconds: float) -> None:
@@ -157,6 +158,16 @@ def _final(args: argparse.Namespace, code: int, error: str | None, seconds: floa
         fields["exit_status"] = known.get(code, str(code))
     final_event(error or f"fhir-spine {args.command}: {outcome} (exit {code})", fields,
                 failed=error is not None)
+
+
+def _shown(args: argparse.Namespace, exc: BaseException) -> str:
+    """An error's message; under --pseudonymise (without --debug) scrubbed as log lines are,
+    since it may quote ids or a server's text."""
+    if getattr(args, "pseudonymise", False) and not args.debug:
+        from fhir_spine.pseudonymise import scrub_log_text
+
+        return scrub_log_text(str(exc))
+    return str(exc)
 
 
 if __name__ == "__main__":

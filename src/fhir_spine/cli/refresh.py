@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from fhir_spine.cli.bulk_options import add_bulk_options
 from fhir_spine.cli.extract import (
     add_pathway_options,
+    add_privacy_options,
     add_publish_options,
+    deid_options,
     log_warnings,
     pathway_overrides,
     publish_policy_from,
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_publish_options(p, scheduled=True)
     add_bulk_options(p, with_level=False)
     add_server_options(p)
+    add_privacy_options(p)
     p.set_defaults(func=run)
 
 
@@ -80,6 +83,7 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
     from fhir_spine.sources.bulk import parse_level
     from fhir_spine.sources.rest import RestOptions, read_patient_list
 
+    deid = deid_options(args)  # a missing key is exit 2 before any work
     for name in ("workers", "batch_size", "page_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -106,7 +110,8 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
         full_reconcile=args.full_reconcile, full=args.full, validation=args.validation,
         csv=not args.no_csv, export_timeout=args.export_timeout, bulk_dir=args.bulk_dir,
         rest=RestOptions(page_size=args.page_size, batch_size=args.batch_size,
-                         workers=args.workers, cap=args.search_cap or None))
+                         workers=args.workers, cap=args.search_cap or None),
+        deid=deid, keep_raw=args.keep_raw)
 
 
 def run(args: argparse.Namespace) -> int:

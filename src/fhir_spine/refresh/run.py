@@ -44,9 +44,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fhir_spine.dataset import PART_FORMAT, Dataset, Part, issue_counts, manifest
+from fhir_spine.dataset import (
+    PART_FORMAT,
+    Dataset,
+    Part,
+    deidentified,
+    issue_counts,
+    manifest,
+)
 from fhir_spine.fhir import optional_types_not_offered, parse_instant
 from fhir_spine.outputs import publish, write_dataset
+from fhir_spine.pseudonymise import DEID_MAP, drop_raw_layer, write_origin_map
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.capabilities import Capabilities, read_capabilities
 from fhir_spine.sources.files import RawResource
@@ -125,15 +133,20 @@ class Refresh:
                     or store.get_meta("part_format") != PART_FORMAT
                 dataset = self._recompute(merge, recompute_all)  # exit 70 unless it balances
                 meta = self._manifest(dataset, report, caps, scope, started)
+                tables, meta, origin_map = deidentified(
+                    dataset.tables, meta, o.deid, self.mappings,
+                    extra_ids={"Patient": list(o.patients or ())})
                 checkpoint("computed")
 
                 def build(folder: Path) -> None:
-                    write_dataset(dataset.tables, meta, folder, csv=o.csv)
+                    write_dataset(tables, meta, folder, csv=o.csv)
                     checkpoint("built")
 
                 _remove_leftovers(o.out)
                 publish(o.out, build)
                 checkpoint("published")
+                if origin_map is not None:
+                    write_origin_map(o.state_dir / DEID_MAP, origin_map)
                 run_number = (state.run if state is not None else 0) + 1
                 store.set_meta("run", run_number)
                 store.set_meta("watermark", watermark)
@@ -155,6 +168,8 @@ class Refresh:
                 raise
             finally:
                 store.close()
+            if o.deid is not None and o.bulk_level is not None:
+                drop_raw_layer(o.bulk_dir or o.state_dir / "bulk", keep=o.keep_raw)
         report.tables = dataset.tables
         report.exit_issues = issue_counts(dataset.tables)
         return report
