@@ -59,6 +59,8 @@ class _Entry:
     high: str | None = None
     value: float | None = None
     requires: str | None = None
+    is_a: str | None = None  # SNOMED-style parent: offline the code itself only
+    source: str = ""  # where a code came from when not from a concepts file ("terminology")
 
     def matches(self, coding: Coding) -> bool:
         if coding.system != self.system:
@@ -67,6 +69,8 @@ class _Entry:
             return coding.code == self.code
         if self.prefix is not None:
             return coding.code.upper().startswith(self.prefix.upper())
+        if self.is_a is not None:
+            return coding.code == self.is_a
         category = coding.code.upper()[:3]
         return self.low is not None and self.high is not None and self.low <= category <= self.high
 
@@ -151,6 +155,50 @@ class ConceptMap:
     def system_url(self, alias: str) -> str:
         return self.system_aliases.get(alias, alias)
 
+    def codes(self, element: str, concept: str | None = None) -> set[tuple[str, str]]:
+        """Every exact (system, code) of an element (or of one concept of it), is-a parents
+        and codes added from a terminology server included; prefixes and ranges are in
+        `patterns`. A cheap pre-filter: a coding outside `codes` and `patterns` never maps."""
+        return {(e.system, e.code if e.code is not None else str(e.is_a))
+                for e in self.entries.get(element, ())
+                if (e.code is not None or e.is_a is not None)
+                and (concept is None or e.concept == concept)}
+
+    def patterns(self, element: str) -> list[tuple[str, str, str]]:
+        """(system, kind, value) of the prefix (`prefix`, `C7B`) and range (`range`,
+        `C77-C79`) entries of an element."""
+        out = []
+        for e in self.entries.get(element, ()):
+            if e.prefix is not None:
+                out.append((e.system, "prefix", e.prefix))
+            elif e.low is not None:
+                out.append((e.system, "range", f"{e.low}-{e.high}"))
+        return out
+
+    def intensional(self) -> list[tuple[str, str, str]]:
+        """(concept, system, parent code) of every `is-a` entry."""
+        return [(e.concept, e.system, e.is_a) for entries in self.entries.values()
+                for e in entries if e.is_a is not None]
+
+    def add_descendants(self, concept: str, system: str, parent: str,
+                        codes: Iterable[str]) -> int:
+        """Codes a terminology server says are in `parent`'s hierarchy, added as exact
+        entries right after the `is-a` entry (so they rank as it does). Returns how many
+        were new to the concept."""
+        element = self.element_of[concept]
+        entries = self.entries[element]
+        known = {e.code for e in entries if e.concept == concept and e.system == system}
+        at = next(i for i, e in enumerate(entries)
+                  if e.concept == concept and e.system == system and e.is_a == parent)
+        base = entries[at]
+        new = [_Entry(concept=concept, system=system, code=c, value=base.value,
+                      requires=base.requires, source="terminology")
+               for c in dict.fromkeys(codes) if c not in known and c != parent]
+        entries[at + 1:at + 1] = new
+        self._cache.clear()
+        self._also_cache.clear()
+        return len(new)
+
 
 def build_concept_map(documents: Sequence[Mapping[str, Any]]) -> ConceptMap:
     """Merge concept documents; earlier documents take precedence (site over default)."""
@@ -193,9 +241,11 @@ def _entry(cmap: ConceptMap, concept: str, raw: Any) -> _Entry:
         return _Entry(code=str(raw["code"]), **common)
     if "prefix" in raw:
         return _Entry(prefix=str(raw["prefix"]), **common)
+    if "is-a" in raw:
+        return _Entry(is_a=str(raw["is-a"]), **common)
     if "range" in raw:
         m = _RANGE.match(str(raw["range"]).upper())
         if not m:
             raise ConfigError(f"concepts: {concept!r} range {raw['range']!r} is not like C81-C96")
         return _Entry(low=m.group(1) + m.group(2), high=m.group(3) + m.group(4), **common)
-    raise ConfigError(f"concepts: {concept!r} entry needs code, prefix or range: {raw!r}")
+    raise ConfigError(f"concepts: {concept!r} entry needs code, prefix, range or is-a: {raw!r}")

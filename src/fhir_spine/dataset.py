@@ -200,7 +200,9 @@ def manifest(dataset: Dataset, mappings: Mappings, *, validation: str,
         "set_aside_counted": {k: dict(v) for k, v in dataset.set_aside_counted.items()},
         "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
         "validation": validation,
-        "warnings": [],
+        **({"terminology": mappings.terminology} if mappings.terminology else {}),
+        "warnings": ([mappings.terminology["warning"]]
+                     if mappings.terminology and mappings.terminology.get("warning") else []),
     }
 
 

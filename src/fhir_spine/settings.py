@@ -54,6 +54,10 @@ class PathwaySettings:
 
     timezone: str = "UTC"
     same_session_gap_hours: float = 6.0
+    # FHIR terminology server expanding the `is-a` concepts (fhir_spine/terminology.py);
+    # empty = offline expansions only. Optional: a server that is down is a warning.
+    terminology: str = ""
+    terminology_optional: bool = False
     therapy_modality_window_days: int = 30
     baseline_lookback_days: int = 90
     at_diagnosis_window_days: int = 14
@@ -171,6 +175,7 @@ class Mappings:
     files: list[MappingFile]
     view_files: dict[str, str] = field(default_factory=dict)  # resource type -> its file
     questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
+    terminology: dict[str, Any] | None = None  # the manifest's `terminology` block
 
 
 def _shown(path: Path) -> Path:
@@ -230,6 +235,13 @@ def load_mappings(
         else:
             concept_docs = [site_doc]
     concepts = build_concept_map(concept_docs)
+    _read_yaml(DEFAULT_MAPPINGS / "lexicon.yaml", files)  # review.py's suggestions: recorded
+    terminology = None
+    if settings.terminology:
+        from fhir_spine.terminology import apply
+
+        terminology = apply(concepts, settings.terminology,
+                            optional=settings.terminology_optional)
     questionnaires = _questionnaire_map(site_dir, files, concepts)
 
     views: dict[str, dict[str, Any]] = {}
@@ -251,7 +263,7 @@ def load_mappings(
             view_files[resource] = str(path)
             files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     check_views(views, view_files)
-    return Mappings(settings, concepts, views, files, view_files, questionnaires)
+    return Mappings(settings, concepts, views, files, view_files, questionnaires, terminology)
 
 
 def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) -> None:

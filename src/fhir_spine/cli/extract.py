@@ -207,11 +207,18 @@ def add_pathway_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timezone", help="site time zone for calendar days (default UTC)")
     p.add_argument("--same-session-gap-hours", type=float,
                    help="biopsy and stabilization this close count as one session (default 6)")
+    p.add_argument("--terminology", metavar="URL",
+                   help="FHIR terminology server that expands the intensional concepts "
+                   "(SNOMED CT is-a); default: the offline expansions of concepts.yaml")
+    p.add_argument("--terminology-optional", action="store_true", default=None,
+                   help="a terminology server that cannot answer is a warning, not an error")
 
 
 def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
     check_timezone(args.timezone)
-    return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours}
+    return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours,
+            "terminology": getattr(args, "terminology", None),
+            "terminology_optional": getattr(args, "terminology_optional", None)}
 
 
 def check_timezone(name: str | None) -> None:
@@ -235,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from fhir_spine.dataset import build_dataset, deidentified, issue_counts, manifest, part_of
     from fhir_spine.outputs import check_apart, check_target, publish, publish_policy, write_dataset
     from fhir_spine.pipeline import extract, extract_files
+    from fhir_spine.review import warning_line
     from fhir_spine.summary import dataset_counts, note, summary_lines, timezone_line
 
     started = datetime.now(UTC)
@@ -272,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
     meta = manifest(dataset, mappings, validation=args.validation, source=info["source"],
                     fhir_version=info["fhir_version"], query=info["query"], started=started,
                     finished=datetime.now(UTC))
+    review_line = warning_line(tables.codes, tables.patients)
+    if review_line:
+        meta["warnings"].append(review_line)
     tables, meta, origin_map = deidentified(tables, meta, deid, mappings,
                                             extra_ids=extra_ids(args, info["query"]))
     note(**dataset_counts(tables.patients, tables.issues, meta["accounting"]),
@@ -294,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"resources read {acc.read}: used {acc.used}, set aside {acc.set_aside}; "
           f"issues: {', '.join(f'{k} {v}' for k, v in sorted(severities.items())) or 'none'}")
     print(f"wrote {args.out}")
+    if review_line:  # after the summary: visible to a person and in a scheduler's log
+        log.warning("%s", review_line)
     if severities.get("error"):
         return int(ExitCode.DATA_ISSUES)
     return int(ExitCode.OK)

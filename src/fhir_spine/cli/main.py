@@ -56,7 +56,7 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fhir_spine.cli import check, extract, load, refresh, report, synth
+    from fhir_spine.cli import check, codes, extract, load, refresh, report, synth
 
     parser = SpineParser(
         prog="fhir-spine",
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fhir-spine {__version__}")
     _add_common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, synth, report, check, load, refresh):
+    for module in (extract, synth, report, check, load, refresh, codes):
         module.register(sub)
     for subparser in sub.choices.values():
         # The same options after the command name (`fhir-spine extract --quiet`) too.

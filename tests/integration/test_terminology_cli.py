@@ -1,0 +1,135 @@
+"""`--terminology URL` against the real HAPI test server, and the project's ValueSets
+(profiles/valuesets/) as FHIR R4 resources on it.
+
+The SNOMED CT fragment of test_hapi_terminology.py is stored with one more child of
+128462008 that concepts.yaml does not list. A Condition coded with that child is the
+secondary malignancy with `--terminology` and an unmapped code without it (both asserted, in
+codes.csv). The fragment is put back as it was afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from fhir_spine import valuesets
+
+from .test_hapi_terminology import CODE_SYSTEM, HEADERS, SCT, TIMEOUT, _put
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = "999000001"  # test-only code: a child of 128462008 in the fragment, not in concepts.yaml
+PYTHON = os.environ.get("FHIR_SPINE_PYTHON", sys.executable)
+
+
+def _fhir_spine(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([PYTHON, "-m", "fhir_spine.cli.main", *args], capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def fragment(hapi_server):
+    base = hapi_server.base_url
+    extended = copy.deepcopy(CODE_SYSTEM)
+    extended["concept"][0]["concept"].append(
+        {"code": CHILD, "display": "Test-only secondary malignant neoplasm (fhir-spine)"})
+    _put(base, extended)
+    yield base
+    _put(base, CODE_SYSTEM)
+
+
+def _source(tmp_path: Path) -> Path:
+    src = tmp_path / "source"
+    src.mkdir()
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female",
+               "birthDate": "1960-01-01"}
+    condition = {
+        "resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                       "condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": SCT, "code": CHILD,
+                             "display": "Test-only secondary malignant neoplasm"}]},
+        "onsetDateTime": "2023-03-01",
+    }
+    (src / "data.ndjson").write_text("\n".join(json.dumps(r) for r in (patient, condition))
+                                     + "\n", encoding="utf-8")
+    return src
+
+
+def _concept_of(out: Path, code: str) -> str:
+    with (out / "codes.csv").open(encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["code"] == code]
+    assert rows, f"{code} not in codes.csv"
+    return rows[0]["concept"]
+
+
+def test_descendant_maps_only_with_terminology(fragment, tmp_path):
+    src = _source(tmp_path)
+    offline = _fhir_spine("--quiet", "extract", "--source", str(src),
+                          "--out", str(tmp_path / "offline"))
+    assert offline.returncode == 0, offline.stderr
+    assert _concept_of(tmp_path / "offline", CHILD) == ""  # unmapped without the server
+
+    online = _fhir_spine("--quiet", "extract", "--source", str(src),
+                         "--out", str(tmp_path / "online"), "--terminology", fragment)
+    assert online.returncode == 0, online.stderr
+    assert _concept_of(tmp_path / "online", CHILD) == "secondary-malignancy"
+    meta = json.loads((tmp_path / "online" / "manifest.json").read_text(encoding="utf-8"))
+    term = meta["terminology"]
+    assert term["server"] == fragment and term["used"] is True
+    [expansion] = term["expansions"]
+    assert expansion["concept"] == "secondary-malignancy" and expansion["is-a"] == "128462008"
+    assert expansion["codes"] == 4  # the parent, bone, brain and the test-only child
+    assert expansion["added"] == term["codes_added"] == 1  # bone and brain are listed offline
+    assert meta["settings"]["terminology"] == fragment
+
+
+def test_server_down_is_one_line_or_a_warning(tmp_path):
+    src = _source(tmp_path)
+    down = "http://127.0.0.1:9/fhir"  # discard port: nothing listens
+    failed = _fhir_spine("--quiet", "extract", "--source", str(src),
+                         "--out", str(tmp_path / "x"), "--terminology", down)
+    assert failed.returncode == 4, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "terminology server" in lines[0] and down in lines[0], lines
+
+    optional = _fhir_spine("--quiet", "extract", "--source", str(src), "--out",
+                           str(tmp_path / "y"), "--terminology", down, "--terminology-optional")
+    assert optional.returncode == 0, optional.stderr
+    assert "offline expansions" in optional.stderr
+    meta = json.loads((tmp_path / "y" / "manifest.json").read_text(encoding="utf-8"))
+    assert meta["terminology"]["used"] is False
+    assert any("offline expansions" in w for w in meta["warnings"])
+    assert _concept_of(tmp_path / "y", CHILD) == ""
+
+
+def test_project_value_sets_are_valid_fhir_r4_on_hapi(fragment):
+    """Every ValueSet of profiles/valuesets/ is stored by HAPI and read back unchanged: HAPI's
+    R4 parser kept every element (an unknown element or a wrong type would be dropped or
+    refused). HAPI's own `$validate` is no use here: this launcher has no StructureDefinitions
+    loaded, so it answers "unknown resource name" for any resource, a Patient included (the
+    unit test test_valuesets.py validates the same files with the fhir.resources models)."""
+    sets = valuesets.load(ROOT / "profiles" / "valuesets")
+    assert len(sets) > 50
+    for vs in sets:
+        _put(fragment, vs)
+        r = requests.get(f"{fragment}/ValueSet/{vs['id']}", headers=HEADERS, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:2000]
+        stored = {k: v for k, v in r.json().items() if k not in ("meta", "text")}
+        assert stored == vs, vs["id"]
+    url = valuesets.value_set_url("secondary-malignancy")
+    r = requests.get(f"{fragment}/ValueSet", params={"url": url}, headers=HEADERS,
+                     timeout=TIMEOUT)
+    assert r.status_code == 200, r.text[:2000]
+    assert [e["resource"]["id"] for e in r.json().get("entry", [])] == [
+        "spine-secondary-malignancy"]

@@ -1,0 +1,122 @@
+"""The mapping review loop (issue 12 item 4), end to end through the CLI: a patient excluded
+for an unmapped therapy code, the suggestion in codes.csv and issues, the closing warning,
+the draft site mapping, and the same patient included after rerunning with it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from fhir_spine import review
+from fhir_spine.settings import DEMO_COHORT
+from fhir_spine.tables import codes_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CODE = "test-carboplatin-450"  # not in concepts.yaml
+DISPLAY = "Carboplatin 10 MG/ML Injectable Solution"
+PATIENT = "p091"  # demo: staged, excluded only for no-definitive-therapy (stabilized 2023-06-13)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "fhir_spine.cli.main", "--quiet", *args],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def _patient(out: Path) -> dict[str, str]:
+    with (out / "patients.csv").open(encoding="utf-8") as f:
+        return next(r for r in csv.DictReader(f) if r["patient_id"] == PATIENT)
+
+
+def test_excluded_suggested_drafted_and_included(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(DEMO_COHORT, source)
+    order = {
+        "resourceType": "MedicationRequest", "id": "p091-carboplatin", "status": "completed",
+        "intent": "order", "subject": {"reference": f"Patient/{PATIENT}"},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": CODE,
+                                                  "display": DISPLAY}]},
+        "authoredOn": "2023-06-20T09:00:00Z",
+    }
+    with (source / "MedicationRequest.ndjson").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(order) + "\n")
+
+    first = _cli("extract", "--source", str(source), "--out", str(tmp_path / "out1"))
+    assert first.returncode == 0, first.stderr
+    assert _patient(tmp_path / "out1")["exclusion_reasons"] == "no-definitive-therapy"
+    codes = pd.read_csv(tmp_path / "out1" / "codes.csv", dtype=str)
+    row = codes[codes["code"] == CODE].iloc[0]
+    assert pd.isna(row["concept"])
+    assert row["suggested_concept"] == "systemic-therapy"
+    assert "carboplatin" in row["suggestion_rule"]
+    assert row["patients_affected"] == "1"
+    issues = pd.read_csv(tmp_path / "out1" / "issues.csv", dtype=str)
+    flagged = issues[issues["code"] == review.ISSUE_CODE]
+    assert len(flagged) == 1 and CODE in flagged.iloc[0]["message"]
+    assert flagged.iloc[0]["severity"] == "warning"
+    warned = [line for line in first.stderr.splitlines() if "unmapped code(s)" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING"), first.stderr
+    assert "1 unmapped code(s) with a suggested concept" in warned[0] and CODE in warned[0]
+    meta = json.loads((tmp_path / "out1" / "manifest.json").read_text(encoding="utf-8"))
+    assert any(w in warned[0] for w in meta["warnings"] if "unmapped code(s)" in w)
+
+    site = tmp_path / "site"
+    drafted = _cli("codes", str(tmp_path / "out1"), "--write-site-mappings", str(site))
+    assert drafted.returncode == 0, drafted.stderr
+    text = (site / "concepts.yaml").read_text(encoding="utf-8")
+    assert DISPLAY in text and "carboplatin" in text  # commented with display and rule
+    doc = yaml.safe_load(text)
+    assert doc["extends"] == "default"
+    assert {"system": RXNORM, "code": CODE, "confidence": "L"} in \
+        doc["concepts"]["systemic-therapy"]["codes"]
+    again = _cli("codes", str(tmp_path / "out1"), "--write-site-mappings", str(site))
+    assert again.returncode == 2  # never overwrites a site mapping
+
+    second = _cli("extract", "--source", str(source), "--out", str(tmp_path / "out2"),
+                  "--mappings", str(site))
+    assert second.returncode == 0, second.stderr
+    assert _patient(tmp_path / "out2")["included"] == "true"
+    assert "unmapped code(s)" not in second.stderr
+    codes2 = pd.read_csv(tmp_path / "out2" / "codes.csv", dtype=str)
+    assert codes2[codes2["code"] == CODE].iloc[0]["concept"] == "systemic-therapy"
+
+
+def test_suggestions_by_element():
+    assert review.suggest("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                          "PACLitaxel 100 MG Injection")[0] == "systemic-therapy"
+    assert review.suggest("Procedure", "Procedure.code",
+                          "Teleradiotherapy procedure (procedure)") is None  # word start only
+    assert review.suggest("Procedure", "Procedure.code",
+                          "Radiation therapy care (regime/therapy)")[0] == "radiotherapy"
+    assert review.suggest("Procedure", "Procedure.code",
+                          "Insertion of pedicle screw")[0] == "stabilization"
+    assert review.suggest("Procedure", "Procedure.code", "Biopsy of lung") is None
+    assert review.suggest("Procedure", "Procedure.code",
+                          "Percutaneous biopsy of vertebral body")[0] == "vertebral-biopsy"
+    assert review.suggest("Procedure", "Procedure.code", "Subcutaneous immunotherapy") is None
+    assert review.suggest("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                          "Hydrocortisone 10 MG/ML Topical Cream") is None
+    assert review.suggest("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                          "predniSONE 5 MG Oral Tablet")[0] == "steroid"
+    assert review.suggest("Encounter", "Encounter.reasonCode", "chemotherapy") is None
+    assert review.suggest("Procedure", "Procedure.code", None) is None
+
+
+def test_affected_counts_only_patients_the_concept_would_help():
+    from fhir_spine.normalise import CodeCount
+
+    patients = pd.DataFrame({"patient_id": ["a", "b", "c"], "included": [False, False, True],
+                             "exclusion_reasons": ["no-definitive-therapy", "under-18", ""]})
+    counts = [CodeCount(("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
+                         RXNORM, "x"), 3, frozenset("abc"), {"docetaxel 20 MG": 3}, None)]
+    row = codes_table(counts, patients).iloc[0]
+    assert row["suggested_concept"] == "systemic-therapy" and row["patients_affected"] == 1
