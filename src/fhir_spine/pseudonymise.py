@@ -122,10 +122,6 @@ _DATE_LIKE = re.compile(
 _NOT_A_DAY = re.compile(r"(?<=\bdate )(?!\(none\))\S+(?= is not a calendar day)")
 _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
-PATIENT_DATE_COLUMNS = ("index_biopsy_date", "stabilization_date",
-                        "diagnosis_available_date", "therapy_start_date")
-
-
 # ---------------------------------------------------------------------------- the key
 def load_key(env: Mapping[str, str], key_file: Path | None = None) -> bytes:
     """The pseudonymisation key: the contents of `key_file` if given, else `$ENV_VAR`.
@@ -408,101 +404,9 @@ class Pseudonymiser:
         text = _NOT_A_DAY.sub(DATE_MARK, text)
         return _DATE_LIKE.sub(DATE_MARK, text)
 
-    # -- tables
-    def tables(self, tables: Tables) -> Tables:
-        self.learn(tables)
-        return Tables(self._patients(tables.patients), self._events(tables.events),
-                      self._observations(tables.observations), self._issues(tables.issues),
-                      tables.codes.copy())
-
-    def _offsets(self, patient_ids: pd.Series) -> list[int]:
+    def offsets(self, patient_ids: pd.Series) -> list[int]:
+        """Each row's date shift: its patient's offset (0 without a patient)."""
         return [self._shift(p) if isinstance(p, str) and p else 0 for p in patient_ids]
-
-    def _patients(self, df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy()
-        if self.date_shift_days:
-            offsets = self._offsets(df["patient_id"])
-            for column in PATIENT_DATE_COLUMNS:
-                out[column] = pd.Series(
-                    [shift_date(v, d) for v, d in zip(df[column], offsets, strict=True)],
-                    index=df.index, dtype="object")
-        out["patient_id"] = self._map(df["patient_id"], "Patient")
-        return out
-
-    def _events(self, df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy()
-        if self.date_shift_days:
-            offsets = self._offsets(df["patient_id"])
-            for column in ("start", "end"):
-                out[column] = pd.Series(
-                    [shift_text(v, d) for v, d in zip(df[column], offsets, strict=True)],
-                    index=df.index, dtype="string")
-        out["note"] = pd.Series([
-            self.scrub_free_text(n, _Context(t or "", r or "", p or "", e or ""))
-            for n, t, r, p, e in zip(df["note"], _texts(df["resource_type"]),
-                                     _texts(df["resource_id"]), _texts(df["patient_id"]),
-                                     _texts(df["encounter_id"]), strict=True)
-        ], index=df.index, dtype="string")
-        out["patient_id"] = self._map(df["patient_id"], "Patient")
-        out["encounter_id"] = self._map(df["encounter_id"], "Encounter")
-        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
-        return out
-
-    def _observations(self, df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy()
-        if self.date_shift_days:
-            offsets = self._offsets(df["patient_id"])
-            out["effective"] = pd.Series(
-                [shift_text(v, d) for v, d in zip(df["effective"], offsets, strict=True)],
-                index=df.index, dtype="string")
-            out["effective_date"] = pd.Series(
-                [shift_date(v, d) for v, d in zip(df["effective_date"], offsets, strict=True)],
-                index=df.index, dtype="object")
-        out["patient_id"] = self._map(df["patient_id"], "Patient")
-        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
-        return out
-
-    def _issues(self, df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy()
-        contexts = [_Context(t or "", r or "", p or "") for t, r, p in zip(
-            _texts(df["resource_type"]), _texts(df["resource_id"]), _texts(df["patient_id"]),
-            strict=True)]
-        out["message"] = pd.Series([self.scrub_free_text(m, c) for m, c in zip(
-            df["message"], contexts, strict=True)], index=df.index, dtype="string")
-        out["origin"] = pd.Series([self.scrub_origin(o, c) for o, c in zip(
-            df["origin"], contexts, strict=True)], index=df.index, dtype="string")
-        out["patient_id"] = self._map(df["patient_id"], "Patient")
-        out["resource_id"] = self._map_typed(df["resource_type"], df["resource_id"])
-        return out
-
-    def _map(self, column: pd.Series, resource_type: str) -> pd.Series:
-        return pd.Series([self.pseudo(resource_type, v) for v in column],
-                         index=column.index, dtype=column.dtype)
-
-    def _map_typed(self, types: pd.Series, ids: pd.Series) -> pd.Series:
-        return pd.Series([self.pseudo(t if isinstance(t, str) else "", v)
-                          for t, v in zip(types, ids, strict=True)],
-                         index=ids.index, dtype=ids.dtype)
-
-    # -- manifest
-    def manifest(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        def walk(value: Any) -> Any:
-            if isinstance(value, str):
-                return self.replace_ids_in_text(value)
-            if isinstance(value, Mapping):
-                return {k: walk(v) for k, v in value.items()}
-            if isinstance(value, list | tuple):
-                return [walk(v) for v in value]
-            return value
-
-        out = walk(dict(manifest))
-        out["pseudonymisation"] = {
-            "method": "HMAC-SHA256", "key_id": key_id(self.key),
-            "pseudonym_hex_digits": HEX_CHARS, "date_shift_days": int(self.date_shift_days),
-            "free_text": "ids replaced; quoted values redacted; dates replaced by [date]",
-            "birth_dates": "not output (age at the index biopsy only)",
-        }
-        return out
 
 
 def _clip(text: str) -> str:
@@ -516,22 +420,6 @@ def _clip(text: str) -> str:
 
 def _texts(column: pd.Series) -> list[str | None]:
     return [v if isinstance(v, str) else None for v in column]
-
-
-def pseudonymise_tables(tables: Tables, key: bytes, date_shift_days: int = 0) -> Tables:
-    """A copy of `tables` with every patient, encounter and resource id replaced by its
-    keyed pseudonym, free text scrubbed and, when `date_shift_days` > 0, every date of a
-    patient moved by that patient's offset in [-date_shift_days, date_shift_days]."""
-    return Pseudonymiser(key, date_shift_days).tables(tables)
-
-
-def pseudonymise_manifest(manifest: Mapping[str, Any], tables: Tables, key: bytes,
-                          date_shift_days: int = 0) -> dict[str, Any]:
-    """A copy of `manifest` whose strings hold no original id of `tables` (the tables as
-    extracted, before pseudonymisation), with a `pseudonymisation` block (no key)."""
-    p = Pseudonymiser(key, date_shift_days)
-    p.learn(tables)
-    return p.manifest(manifest)
 
 
 # ------------------------------------------------------------- de-identified datasets
@@ -805,7 +693,7 @@ class Deidentifier:
         encs = _texts(df["encounter_id"]) if "encounter_id" in df else [None] * len(df)
         contexts = [_Context(t or "", r or "", p or "", e or "")
                     for t, r, p, e in zip(types, rids, pids, encs, strict=True)]
-        offsets = self.p._offsets(df["patient_id"]) if "patient_id" in df \
+        offsets = self.p.offsets(df["patient_id"]) if "patient_id" in df \
             and self.options.date_shift_days else [0] * len(df)
         for column in df.columns:
             rule, values = rules[column], df[column]
