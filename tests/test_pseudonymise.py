@@ -16,15 +16,12 @@ import pytest
 from fhir_spine import pseudonymise as ps
 from fhir_spine import schema
 from fhir_spine.dataset import deidentified
+from fhir_spine.deid import DeidOptions
 from fhir_spine.errors import SpineError, UsageError
+from fhir_spine.known_ids import MAX_TEXT
 from fhir_spine.outputs import write_dataset
 from fhir_spine.pipeline import extract
-from fhir_spine.pseudonymise import (
-    ENV_VAR,
-    MAX_TEXT,
-    DeidOptions,
-    load_key,
-)
+from fhir_spine.pseudonymise import ENV_VAR, load_key
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import RawResource, iter_folder
 from fhir_spine.tables import Tables, build_tables

@@ -6,7 +6,7 @@ SCHEMA_VERSION.
 
 Every column, every manifest field and every codebook column also declares its
 de-identification rule (`deid`, one of `DEID_RULES`): what `--pseudonymise` publishes in
-its place. `pseudonymise.Deidentifier` applies them, for `extract` and `refresh` alike; a
+its place. `deid.Deidentifier` applies them, for `extract` and `refresh` alike; a
 column without a rule is refused there (and by a test), a manifest field without one is
 not published.
 """
