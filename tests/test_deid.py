@@ -17,14 +17,8 @@ import pytest
 
 import deid_markers as mk
 from fhir_spine import schema
-from fhir_spine.pseudonymise import (
-    ENV_VAR,
-    DeidentificationError,
-    Deidentifier,
-    DeidOptions,
-    LogScrubber,
-    scrub_log_text,
-)
+from fhir_spine.deid import DeidentificationError, Deidentifier, DeidOptions
+from fhir_spine.pseudonymise import ENV_VAR
 from fhir_spine.settings import load_mappings
 from fhir_spine.tables import Tables, frame
 
@@ -174,29 +168,6 @@ def test_search_params_and_urls():
 
 
 # ------------------------------------------------------------------------------- logs
-def test_log_lines_are_scrubbed():
-    text = scrub_log_text("reading /data/Smith_John_MRN4455667/x.json; GET "
-                          "http://h/fhir/Patient?_id=abc: server message: Jo Smith 1960-01-02;"
-                          " Patient/abc and 'Jo' on 2024-01-02, 12 resources, "
-                          "pat-0123456789abcdef0123", known={"abc"})
-    assert text == ("reading [path] GET [url]: server message: [withheld]")
-    text = scrub_log_text("3 left the cohort: Patient/ab1, MRN4455667 'Jo' 2024-01-02 in "
-                          "4.0.1 pat-0123456789abcdef0123")
-    assert text == ("3 left the cohort: Patient/[id], [id] '[redacted]' [date] in 4.0.1 "
-                    "pat-0123456789abcdef0123")
-
-
-def test_log_filter_treats_string_digits_as_ids_and_numbers_as_counts():
-    import logging
-
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%d patient(s) left: %s",
-                               (2, "1000, 1001"), None)
-    record.fields = {"ids": ["1000"], "count": 3}
-    LogScrubber().filter(record)
-    assert record.getMessage() == "2 patient(s) left: [id], [id]"
-    assert record.fields == {"ids": ["[id]"], "count": 3}
-
-
 def test_error_lines_are_scrubbed_too_unless_debug(tmp_path):
     missing = tmp_path / mk.FOLDER_MARKER
     proc = cli("extract", "--source", str(missing), "--out", str(tmp_path / "o"),

@@ -1,5 +1,8 @@
 """Pseudonymised output: no original id survives anywhere, pseudonyms are keyed and stable,
-date shifting keeps every interval, birth dates never appear, keys are handled safely."""
+date shifting keeps every interval, birth dates never appear, keys are handled safely.
+
+The tables are de-identified the way `extract` and `refresh` publish them
+(`dataset.deidentified`); the rules of the other columns are in tests/test_deid.py."""
 
 from __future__ import annotations
 
@@ -11,15 +14,14 @@ import pandas as pd
 import pytest
 
 from fhir_spine import pseudonymise as ps
+from fhir_spine import schema
+from fhir_spine.dataset import deidentified
+from fhir_spine.deid import DeidOptions
 from fhir_spine.errors import SpineError, UsageError
+from fhir_spine.known_ids import MAX_TEXT
 from fhir_spine.outputs import write_dataset
 from fhir_spine.pipeline import extract
-from fhir_spine.pseudonymise import (
-    ENV_VAR,
-    load_key,
-    pseudonymise_manifest,
-    pseudonymise_tables,
-)
+from fhir_spine.pseudonymise import ENV_VAR, load_key
 from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import RawResource, iter_folder
 from fhir_spine.tables import Tables, build_tables
@@ -153,6 +155,25 @@ def dataset(request, cohort):
 
 
 # ----------------------------------------------------------------------------- helpers
+MAPPINGS = load_mappings(None, {})
+
+
+def _published(tables: Tables, key: bytes = KEY, date_shift_days: int = 0,
+               manifest: dict | None = None) -> tuple[Tables, dict, dict]:
+    """What `--pseudonymise` publishes: tables, manifest, and the mapping back."""
+    out, meta, back = deidentified(tables, manifest or {}, DeidOptions(key, date_shift_days),
+                                   MAPPINGS)
+    assert back is not None
+    return out, meta, back
+
+
+def _deid(tables: Tables, key: bytes = KEY, date_shift_days: int = 0) -> Tables:
+    return _published(tables, key, date_shift_days)[0]
+
+
+def _token_of(back: dict, original: str) -> str:
+    """The provenance pseudonym the mapping back gives for `original`."""
+    return next(t for t, o in back["origins"].items() if o == original)
 _RUN = re.compile(r"[A-Za-z0-9.\-]+")
 
 
@@ -198,18 +219,18 @@ def test_the_cohort_really_carries_ids_in_every_place_checked(cohort):
 
 def test_no_original_id_survives_in_any_table(dataset):
     tables, ids = dataset
-    out = pseudonymise_tables(tables, KEY)
+    out = _deid(tables, KEY)
     assert not _leaks(out, ids), "\n".join(_leaks(out, ids)[:20])
-    shifted = pseudonymise_tables(tables, KEY, date_shift_days=30)
+    shifted = _deid(tables, KEY, date_shift_days=30)
     assert not _leaks(shifted, ids), "\n".join(_leaks(shifted, ids)[:20])
 
 
 def test_no_original_id_key_or_birth_date_in_any_file_written(dataset, tmp_path):
     tables, ids = dataset
-    out = pseudonymise_tables(tables, KEY, date_shift_days=30)
     manifest = {"source": {"kind": "files", "location": "/data/export"},
-                "query": {"patient": sorted(ids)[:3]}, "accounting": {"read": 1}}
-    manifest = pseudonymise_manifest(manifest, tables, KEY, date_shift_days=30)
+                "query": {"kind": "files", "not_found": {"Patient": sorted(ids)[:3]}},
+                "accounting": {"read": 1}}
+    out, manifest, _ = _published(tables, KEY, 30, manifest)
     write_dataset(out, manifest, tmp_path)
     written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert {"patients.parquet", "patients.csv", "issues.csv", "manifest.json"} <= set(written)
@@ -230,7 +251,7 @@ def test_no_original_id_key_or_birth_date_in_any_file_written(dataset, tmp_path)
 
 def test_birth_dates_are_never_output_only_age(cohort):
     tables, _ = cohort
-    out = pseudonymise_tables(tables, KEY)
+    out = _deid(tables, KEY)
     assert not [c for name, df in out.items() for c in df.columns if "birth" in c.lower()]
     text = " ".join(str(v) for _, df in out.items() for c in df.columns
                     for v in df[c].dropna().unique())
@@ -247,7 +268,7 @@ def test_birth_dates_are_never_output_only_age(cohort):
 
 def test_same_key_same_pseudonyms_other_key_other_pseudonyms(cohort):
     tables, _ = cohort
-    a, b, c = (pseudonymise_tables(tables, k) for k in (KEY, KEY, OTHER_KEY))
+    a, b, c = (_deid(tables, k) for k in (KEY, KEY, OTHER_KEY))
     for (name, x), (_, y), (_, z) in zip(a.items(), b.items(), c.items(), strict=True):
         pd.testing.assert_frame_equal(x, y, obj=name)
         for column in ("patient_id", "resource_id", "encounter_id"):
@@ -259,7 +280,7 @@ def test_same_key_same_pseudonyms_other_key_other_pseudonyms(cohort):
 
 def test_pseudonyms_keep_joins_and_have_a_type_prefix(cohort):
     tables, _ = cohort
-    out = pseudonymise_tables(tables, KEY)
+    out = _deid(tables, KEY)
     assert out.patients["patient_id"].str.fullmatch(r"pat-[0-9a-f]{20}").all()
     for name, df in out.items():
         for column in ("patient_id", "resource_id", "encounter_id"):
@@ -282,7 +303,7 @@ def test_pseudonyms_keep_joins_and_have_a_type_prefix(cohort):
 def test_inputs_are_not_modified(cohort):
     tables, _ = cohort
     before = {name: df.copy() for name, df in tables.items()}
-    pseudonymise_tables(tables, KEY, date_shift_days=100)
+    _deid(tables, KEY, date_shift_days=100)
     for name, df in tables.items():
         pd.testing.assert_frame_equal(df, before[name])
 
@@ -302,8 +323,8 @@ def _as_dt(value):
 def test_date_shift_moves_each_patient_by_one_offset_and_keeps_every_interval(dataset):
     tables, _ = dataset
     n = 60
-    out = pseudonymise_tables(tables, KEY, date_shift_days=n)
-    plain = pseudonymise_tables(tables, KEY)
+    out = _deid(tables, KEY, date_shift_days=n)
+    plain = _deid(tables, KEY)
     offsets: dict[str, set[int]] = {}
 
     def collect(before: pd.DataFrame, after: pd.DataFrame, columns) -> None:
@@ -325,9 +346,10 @@ def test_date_shift_moves_each_patient_by_one_offset_and_keeps_every_interval(da
                     delta = (y - x).days
                 offsets.setdefault(pid, set()).add(delta)
 
-    collect(plain.patients, out.patients, ps.PATIENT_DATE_COLUMNS)
-    collect(plain.events, out.events, ("start", "end"))
-    collect(plain.observations, out.observations, ("effective", "effective_date"))
+    for name, columns in schema.TABLES.items():
+        shifted = [c.name for c in columns if c.deid == "date-shift"]
+        if shifted:
+            collect(getattr(plain, name), getattr(out, name), shifted)
     assert offsets, "no dates to shift"
     assert all(len(v) == 1 for v in offsets.values()), offsets  # one offset per patient
     assert all(-n <= next(iter(v)) <= n for v in offsets.values())
@@ -342,8 +364,8 @@ def test_date_shift_moves_each_patient_by_one_offset_and_keeps_every_interval(da
 
 def test_date_shift_keeps_hours_between_instants_exactly(cohort):
     tables, _ = cohort
-    plain = pseudonymise_tables(tables, KEY)
-    out = pseudonymise_tables(tables, KEY, date_shift_days=365)
+    plain = _deid(tables, KEY)
+    out = _deid(tables, KEY, date_shift_days=365)
     for pid, group in plain.events.groupby("patient_id"):
         after = out.events.loc[group.index]
         times = [(_as_dt(a), _as_dt(b)) for a, b in zip(group["start"], after["start"],
@@ -355,23 +377,27 @@ def test_date_shift_keeps_hours_between_instants_exactly(cohort):
 
 def test_free_text_keeps_its_meaning(cohort):
     tables, _ = cohort
-    out = pseudonymise_tables(tables, KEY)
+    out, _, back = _published(tables, KEY)
     codes = set(out.issues["code"])
     assert {"missing-patient", "unparseable-date", "partial-date", "duplicate-resource",
             "unresolved-medication"} <= codes
     msg = dict(zip(out.issues["code"], out.issues["message"], strict=False))
     assert re.fullmatch(r"Procedure/proc-[0-9a-f]{20} read twice; kept the version from "
-                        r"Procedure\.ndjson:\d+", msg["duplicate-resource"])
+                        r"src-[0-9a-f]{20}", msg["duplicate-resource"])
     assert "'[redacted]'" in msg["unresolved-medication"]
+    # origins (file names carrying ids, positions) are provenance pseudonyms, mapped back
+    # only in the state folder's mapping
     origins = set(out.issues["origin"].dropna())
-    assert any(re.fullmatch(r"Patient-pat-[0-9a-f]{20}\.json", o) for o in origins)
+    assert all(re.fullmatch(r"src-[0-9a-f]{20}", o) for o in origins)
+    real = {back["origins"][o] for o in origins}
+    assert real == set(tables.issues["origin"].dropna())
 
 
 def test_pseudonym_collisions_are_never_silent(monkeypatch, cohort):
     tables, _ = cohort
     monkeypatch.setattr(ps, "HEX_CHARS", 1)  # 16 pseudonyms for dozens of ids
     with pytest.raises(SpineError, match="collision"):
-        pseudonymise_tables(tables, KEY)
+        _deid(tables, KEY)
 
 
 # ------------------------------------------------------------------------------- keys
@@ -413,9 +439,11 @@ def test_load_key_unreadable_file_is_a_usage_error(tmp_path):
 def test_bad_key_or_shift_rejected_by_the_transformation(cohort):
     tables, _ = cohort
     with pytest.raises(UsageError):
-        pseudonymise_tables(tables, b"short")
+        _deid(tables, b"short")
     with pytest.raises(UsageError):
-        pseudonymise_tables(tables, KEY, date_shift_days=-3)
+        _deid(tables, KEY, date_shift_days=-3)
+    with pytest.raises(UsageError):
+        _deid(tables, KEY, date_shift_days=ps.MAX_DATE_SHIFT_DAYS + 1)
 
 
 def _tables(patients=(), events=(), issues=()) -> Tables:
@@ -449,7 +477,7 @@ def test_free_text_with_numeric_word_type_name_and_odd_ids():
                   "Procedure.ndjson:3", "12"),
             issue("Basic", "x y", "Basic x y is odd", "Basic-x y.json"),
         ])
-    out = pseudonymise_tables(tables, KEY)
+    out, _, back = _published(tables, KEY)
     pat = ps.pseudonym(KEY, "Patient", "12")
     proc = ps.pseudonym(KEY, "Procedure", "biopsy")
     obs = ps.pseudonym(KEY, "Observation", "o.1")
@@ -457,17 +485,18 @@ def test_free_text_with_numeric_word_type_name_and_odd_ids():
     assert out.events.loc[0, "note"] == "no index biopsy"
     messages, origins = out.issues["message"].tolist(), out.issues["origin"].tolist()
     assert messages == [
-        f"Procedure/{proc} read twice; kept the version from Procedure-{proc}.json",
+        f"Procedure/{proc} read twice; kept the version from "
+        f"{_token_of(back, 'Procedure-biopsy.json')}",
         "CodeSystem is not used by the pathway",
         "vas value 12 is out of range",
         f"refers to Patient '{pat}', which is not in the source",
         f"Basic {basic} is odd",
     ]
-    assert origins == [
-        "Procedure.ndjson:12", f"Bundle-{pat}.json#entry[12]",
-        f"https://h.example/fhir/Observation/{obs}/_history/2", "Procedure.ndjson:3",
-        f"Basic-{basic}.json",
-    ]
+    real = ["Procedure.ndjson:12", "Bundle-12.json#entry[12]",
+            "https://h.example/fhir/Observation/o.1/_history/2", "Procedure.ndjson:3",
+            "Basic-x y.json"]
+    assert origins == [_token_of(back, o) for o in real]
+    assert out.issues["resource_id"].tolist()[2] == obs
 
 
 def test_huge_free_text_is_cut_before_scrubbing():
@@ -475,25 +504,32 @@ def test_huge_free_text_is_cut_before_scrubbing():
     tables = _tables(issues=[{"severity": "warning", "code": "unparseable-date",
                               "resource_type": "Procedure", "resource_id": "x",
                               "message": text, "origin": "a.ndjson:1", "set_aside": False}])
-    out = pseudonymise_tables(tables, KEY)
+    out = _deid(tables, KEY)
     message = out.issues.loc[0, "message"]
-    assert len(message) <= ps.MAX_TEXT + 20 and message.endswith("[truncated]")
+    assert len(message) <= MAX_TEXT + 20 and message.endswith("[truncated]")
 
 
-def test_manifest_strings_lose_ids_but_keep_versions_times_and_positions():
+def test_manifest_loses_ids_but_keeps_versions_times_and_counts():
     tables = _tables(patients=[{"patient_id": "12", "included": False}],
                      issues=[{"severity": "info", "code": "c", "resource_type": "Observation",
                               "resource_id": "1", "message": "m", "set_aside": True}])
-    manifest = {"query": {"_id": "12", "url": "https://h.example/fhir/Patient?_id=12&_count=50",
-                          "patient": ["12", "Patient/12"]},
+    url = "https://h.example/fhir/Patient?_id=12&_count=50"
+    manifest = {"query": {"kind": "rest", "not_found": {"Patient": ["12", "Patient/12"]},
+                          "searches": [{"resource_type": "Patient", "params": [["_id", "12"]],
+                                        "url": url}],
+                          "_id": "12", "url": url},
                 "started": "2024-01-01T00:00:00+00:00", "fhir_version": "4.0.1",
                 "accounting": {"read": 12}}
-    out = pseudonymise_manifest(manifest, tables, KEY, date_shift_days=7)
+    _, out, back = _published(tables, KEY, 7, manifest)
     pat = ps.pseudonym(KEY, "Patient", "12")
-    assert out["query"] == {"_id": pat, "url": f"https://h.example/fhir/Patient?_id={pat}"
-                            "&_count=50", "patient": [pat, f"Patient/{pat}"]}
+    assert out["query"]["not_found"] == {"Patient": [pat, f"Patient/{pat}"]}
+    search = out["query"]["searches"][0]
+    assert search["params"] == [["_id", pat]]
+    assert back["origins"][search["url"]] == url  # a URL is provenance, mapped back
+    assert "_id" not in out["query"] and "url" not in out["query"]  # fields with no rule
     assert out["started"] == manifest["started"] and out["fhir_version"] == "4.0.1"
     assert out["accounting"] == {"read": 12}
     block = out["pseudonymisation"]
     assert block["key_id"] == ps.key_id(KEY) != ps.key_id(OTHER_KEY)
     assert block["date_shift_days"] == 7 and KEY.decode() not in json.dumps(out)
+    assert url not in json.dumps(out)

@@ -14,7 +14,7 @@ drift apart:
    (`AccountingError`, exit 70, naming the count and the first resources concerned).
 3. `manifest(...)`: the manifest of either command, with the same keys.
 4. `deidentified(...)`: with `--pseudonymise`, the tables and the manifest by the rule
-   every column and field declares (`schema.py`, `pseudonymise.Deidentifier`), and the
+   every column and field declares (`schema.py`, `deid.Deidentifier`), and the
    mapping back to real origins for the state folder.
 
 A part is plain data (`to_json` / `from_json`), so refresh keeps unchanged patients'
@@ -39,7 +39,7 @@ from fhir_spine.settings import Mappings
 from fhir_spine.tables import Rows, Tables, issue_row, rows_of, to_tables
 
 if TYPE_CHECKING:
-    from fhir_spine.pseudonymise import DeidOptions
+    from fhir_spine.deid import DeidOptions
 
 # Bump when the stored form of a part changes: refresh then recomputes every part.
 PART_FORMAT = 2
@@ -216,7 +216,7 @@ def deidentified(tables: Tables, meta: Mapping[str, Any], options: DeidOptions |
     `extra_ids` are ids the run asked for that may be in no table (`--patients`)."""
     if options is None:
         return tables, dict(meta), None
-    from fhir_spine.pseudonymise import Deidentifier
+    from fhir_spine.deid import Deidentifier
 
     deid = Deidentifier(options, mappings, extra_ids=extra_ids)
     out = deid.tables(tables)

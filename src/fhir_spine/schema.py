@@ -6,7 +6,7 @@ SCHEMA_VERSION.
 
 Every column, every manifest field and every codebook column also declares its
 de-identification rule (`deid`, one of `DEID_RULES`): what `--pseudonymise` publishes in
-its place. `pseudonymise.Deidentifier` applies them, for `extract` and `refresh` alike; a
+its place. `deid.Deidentifier` applies them, for `extract` and `refresh` alike; a
 column without a rule is refused there (and by a test), a manifest field without one is
 not published.
 """
@@ -339,6 +339,8 @@ MANIFEST = [
       for n in ("windowed", "resources", "includes", "duplicates_skipped")),
     Column("query.scope", "object", "refresh scope: mode, level, cohort, index codes",
            deid="keep"),
+    Column("query.types_not_offered", "list", "optional resource types the server does not "
+           "offer for patient searches, so not pulled", deid="vocabulary"),
     Column("query.scope.group_id", "string", "Group refreshed", deid="pseudonym"),
     Column("query.scope.type_filters", "list", "_typeFilter queries", deid="scrub"),
     Column("query.scope.patients_sha256", "string", "unkeyed hash of the --patients ids",

@@ -18,8 +18,8 @@ from fhir_spine.settings import DEMO_COHORT, load_mappings
 from fhir_spine.sources.files import FileSource, check_folder
 
 if TYPE_CHECKING:
+    from fhir_spine.deid import DeidOptions
     from fhir_spine.outputs import PublishPolicy
-    from fhir_spine.pseudonymise import DeidOptions
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def pseudonym_key(args: argparse.Namespace) -> bytes | None:
 def deid_options(args: argparse.Namespace) -> DeidOptions | None:
     """`--pseudonymise` and its companions, checked before any work is done (a missing
     key is exit status 2); under it, logs are scrubbed unless `--debug`."""
-    from fhir_spine.pseudonymise import DeidOptions, install_log_scrubbing
+    from fhir_spine.deid import DeidOptions
+    from fhir_spine.log_scrub import install_log_scrubbing
 
     key = pseudonym_key(args)
     if key is None:
@@ -180,7 +181,7 @@ def publish_deid_map(out: Path, origin_map: dict[str, Any] | None) -> None:
     """The mapping back to real origins, beside the state (OUT.state/), owner-only."""
     if origin_map is None:
         return
-    from fhir_spine.pseudonymise import DEID_MAP, write_origin_map
+    from fhir_spine.deid import DEID_MAP, write_origin_map
     from fhir_spine.refresh.state import state_dir_for
 
     where = state_dir_for(out) / DEID_MAP
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     publish_deid_map(args.out, origin_map)
     if args.bulk and deid is not None:
         raw = args.bulk_dir or args.out.with_name(args.out.name + ".bulk")
-        from fhir_spine.pseudonymise import drop_raw_layer
+        from fhir_spine.deid import drop_raw_layer
 
         drop_raw_layer(raw, keep=args.keep_raw)
     log_warnings(tz_warnings)

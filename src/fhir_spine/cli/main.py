@@ -164,7 +164,7 @@ def _shown(args: argparse.Namespace, exc: BaseException) -> str:
     """An error's message; under --pseudonymise (without --debug) scrubbed as log lines are,
     since it may quote ids or a server's text."""
     if getattr(args, "pseudonymise", False) and not args.debug:
-        from fhir_spine.pseudonymise import scrub_log_text
+        from fhir_spine.log_scrub import scrub_log_text
 
         return scrub_log_text(str(exc))
     return str(exc)

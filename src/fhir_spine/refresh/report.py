@@ -18,7 +18,7 @@ from fhir_spine.tables import Tables
 from fhir_spine.validate import Mode
 
 if TYPE_CHECKING:
-    from fhir_spine.pseudonymise import DeidOptions
+    from fhir_spine.deid import DeidOptions
 
 log = logging.getLogger("fhir_spine.refresh.run")
 

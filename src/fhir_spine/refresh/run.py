@@ -52,9 +52,9 @@ from fhir_spine.dataset import (
     issue_counts,
     manifest,
 )
+from fhir_spine.deid import DEID_MAP, drop_raw_layer, write_origin_map
 from fhir_spine.fhir import optional_types_not_offered, parse_instant
 from fhir_spine.outputs import publish, write_dataset
-from fhir_spine.pseudonymise import DEID_MAP, drop_raw_layer, write_origin_map
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.capabilities import Capabilities, read_capabilities
 from fhir_spine.sources.files import RawResource
