@@ -129,13 +129,16 @@ def test_a_sudden_shrink_is_refused(server, tmp_path):
     assert cli("--quiet", "refresh", "--server", server.base_url, "--out",
                str(out)).returncode in (0, 1)
     before = tree(out)
+    # the session's server may hold other tests' patients beside the demo's 100
+    published = json.loads((out / "manifest.json").read_text())["rows"]["patients"]
+    assert published >= 100
     few = tmp_path / "few.txt"
     few.write_text("\n".join(f"p00{n}" for n in range(1, 10)) + "\n")
     argv = ["refresh", "--server", server.base_url, "--out", str(out), "--patients",
             str(few), "--full"]
     done, final = json_run(*argv)
     assert done.returncode == 11, done.stderr
-    assert "9 patients screened, 100 in the published dataset" in final["error"]
+    assert f"9 patients screened, {published} in the published dataset" in final["error"]
     assert tree(out) == before
     done, final = json_run(*argv, "--allow-shrink")
     assert done.returncode in (0, 1) and final["screened"] == 9
@@ -148,12 +151,13 @@ def test_json_runs_of_the_server_commands(server, tmp_path):
     assert done.returncode == 0 and final["outcome"] == "ok"
     out = tmp_path / "out"
     done, final = json_run("extract", "--server", server.base_url, "--out", str(out))
-    assert done.returncode in (0, 1) and final["screened"] == 100
+    assert done.returncode in (0, 1) and final["screened"] >= 100  # the demo, maybe more
+    screened = final["screened"]
     done, final = json_run("--quiet", "refresh", "--server", server.base_url, "--out",
                            str(tmp_path / "r"))
     assert done.returncode in (0, 1), done.stderr
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert final["screened"] == manifest["rows"]["patients"] == 100
+    assert final["screened"] == manifest["rows"]["patients"] == screened
     assert final["read"] == manifest["accounting"]["read"]
     assert final["issues"] == manifest["issues"]
     assert sum(final["included_by_strategy"].values()) == final["included"]
