@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from fhir_spine import __version__
 from fhir_spine.errors import ExitCode, SpineError
 from fhir_spine.logs import configure_logging
+from fhir_spine.redact import install_log_redaction, scrubbed_std_streams
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,17 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything the process prints passes the one scrubber (redact.scrub): the final
+    # error line, both log formats, a library's own output.
+    with scrubbed_std_streams():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(debug=args.debug, fmt=args.log_format, quiet=args.quiet)
+    install_log_redaction()
     try:
         return int(args.func(args))
     except SpineError as exc:
@@ -64,8 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fhir-spine: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: keep the user's terminal readable
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the internal-error status
+            log.exception("internal error")
         print(
             f"fhir-spine: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
             file=sys.stderr,
