@@ -41,6 +41,10 @@ JSON_SUFFIXES = (".json", ".json.gz")
 # Bundles inside Bundles deeper than this are not unpacked (real documents-in-collections
 # are one level deep; the limit keeps a hostile file from exhausting the stack).
 MAX_BUNDLE_DEPTH = 8
+# JSON nesting deeper than this in one resource is set aside as one `too-deep` row before
+# anything walks it (real resources are well under 30 deep; 1,000 would exhaust the stack
+# of every recursive reader after this one).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,55 @@ def check_folder(path: Path) -> Path:
 
 def fhir_files(folder: Path) -> list[Path]:
     """FHIR files under `folder`, recursively, in a stable order."""
+    return [p for p in fhir_entries(folder) if p.is_file()]
+
+
+def fhir_entries(folder: Path) -> list[Path]:
+    """Every entry under `folder` named like a FHIR file, in a stable order, including
+    those that cannot be opened (a dangling or looping link): those are `unreadable-file`
+    rows, never skipped in silence. Folders named like files are left out."""
     return sorted(
         p for p in folder.rglob("*")
-        if p.is_file() and p.name.lower().endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
+        if p.name.lower().endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not p.is_dir()
     )
+
+
+def _unopenable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, or None when it can be opened."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "a symbolic link loop"
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                return "a symbolic link loop"
+            return f"a dangling symbolic link to {path.readlink()}"
+    return "not a regular file"
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON data nests deeper than `limit` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def too_deep_problem(resource: dict[str, Any], origin: str) -> ReadProblem:
+    rtype = str(resource.get("resourceType") or "")[:64]
+    rid = str(resource.get("id") or "")[:64]
+    return ReadProblem(origin, "too-deep",
+                       f"{origin}: {rtype or 'resource'} nests deeper than {MAX_JSON_DEPTH} "
+                       "levels; set aside unread", rtype, rid)
 
 
 class FileSource:
@@ -106,11 +154,15 @@ class FileSource:
 
     def __iter__(self) -> Iterator[SourceItem]:
         self.export_artefacts.clear()
-        files = fhir_files(self.folder)
+        files = fhir_entries(self.folder)
         if not files:
             log.warning("no .ndjson or .json files found under %s", self.folder)
         for path in files:
             name = str(path.relative_to(self.folder))
+            why = _unopenable(path)
+            if why is not None:
+                yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {why}")
+                continue
             if path.name.lower().endswith(NDJSON_SUFFIXES):
                 yield from _iter_ndjson(path, name, unpack=True,
                                         artefacts=self.export_artefacts)
@@ -237,6 +289,8 @@ def _resources_of(value: Any, origin: str) -> Iterator[SourceItem]:
         return
     if value["resourceType"] == "Bundle":
         yield from _bundle_entries(value, origin)
+    elif too_deep(value):
+        yield too_deep_problem(value, origin)
     else:
         yield RawResource(value, origin)
 
@@ -285,7 +339,9 @@ def _bundle_entries(bundle: dict[str, Any], origin: str, *, depth: int = 0,
     aliases = {**(outer_aliases or {}), **own_aliases}
     refs = _References(aliases, [r for _, r in resources if r["resourceType"] != "Bundle"])
     for where, resource in resources:
-        if resource["resourceType"] != "Bundle":
+        if resource["resourceType"] != "Bundle" and too_deep(resource):
+            yield too_deep_problem(resource, where)
+        elif resource["resourceType"] != "Bundle":
             yield refs.rewrite(resource, where)
         elif depth + 1 > MAX_BUNDLE_DEPTH:
             yield ReadProblem(where, "bundle-too-deep",
