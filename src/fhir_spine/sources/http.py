@@ -294,6 +294,7 @@ class FhirClient:
             got.append(_stream_to(response, path, settings, url))
             return got[-1].size
 
+        check_free_space(path.parent, 0, settings, url)  # before asking at all
         try:
             response = self._send("GET", url, None, None, {"Accept": accept}, authenticated,
                                   True, True, read)
