@@ -9,6 +9,7 @@ second instance in mode `record` serves as "another host" that must never be ask
 | mode | what it does |
 |---|---|
 | `ok` | a well-behaved server: empty searches, a system `$export` of the demo files |
+| `cohort` | searches answered from the demo cohort's NDJSON (REST extract and refresh) |
 | `search-outcome-token` | every search answers 200 with an OperationOutcome quoting the token |
 | `kickoff-outcome-token` | `$export` kick-off answers 200 with an OperationOutcome quoting it |
 | `bundle-outcome-token` | the Procedure search is a searchset with an outcome entry quoting it |
@@ -106,6 +107,8 @@ class HostileServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._demo = demo_files()
+        self._resources = [r for _, (_, data) in self._demo.items()
+                           for r in _ndjson(data)]
         handler = type("Handler", (_Handler,), {"server_ref": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -309,6 +312,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, srv.outcome("no such file"))
 
+    def _cohort(self, rtype: str, query: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The demo resources a simple search asks for: `_id=`, `patient=`, or (the
+        candidate search) every Procedure."""
+        params = dict(query)
+        if "_lastUpdated" in params:  # nothing changes on this server
+            return []
+        found = [r for r in self.server_ref._resources if r.get("resourceType") == rtype]
+        if "_id" in params:
+            ids = set(params["_id"].split(","))
+            return [r for r in found if r.get("id") in ids]
+        if "patient" in params:
+            refs = {f"Patient/{p}" for p in params["patient"].split(",")}
+            return [r for r in found if ((r.get("subject") or r.get("patient") or {})
+                                         .get("reference")) in refs]
+        return found if rtype == "Procedure" and "code" in params else []
+
     def _search(self, path: str, query: list[tuple[str, str]]) -> None:
         srv = self.server_ref
         mode = srv.mode
@@ -320,6 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
         links: list[dict[str, str]] = []
         total: int | None = 0
         page = int(dict(query).get("page", "1"))
+        if mode == "cohort":
+            entries = [{"resource": r} for r in self._cohort(rtype, query)]
         if rtype == "Procedure" and mode == "bundle-outcome-token":
             entries.append({"resource": srv.outcome(srv.echo()), "search": {"mode": "outcome"}})
         if rtype == "Procedure" and mode == "next-token" and page == 1:
@@ -352,8 +373,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, data)
 
 
-def unpack_gzip(data: bytes) -> bytes:
-    return gzip.decompress(data)
+def _ndjson(data: bytes) -> list[dict[str, Any]]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def all_output_bytes(*folders: Path) -> Iterator[tuple[Path, bytes]]:
