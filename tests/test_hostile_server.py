@@ -150,7 +150,7 @@ def test_bulk_error_file_quoting_the_token(other, previous):
     assert run.rc == 1, run.text()[-3000:]
     issues = pd.read_csv(previous / "issues.csv")
     assert issues["message"].str.contains(r"\*\*\*").any()
-    assert_no_secret(run, previous)
+    assert_no_secret(run, previous, previous.parent / "job")  # the raw layer too
 
 
 def test_401_quoting_the_token_percent_encoded(other, previous):

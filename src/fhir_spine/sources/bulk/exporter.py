@@ -10,6 +10,8 @@ is checked against the manifest's `count` when the server gives one.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +24,7 @@ import orjson
 
 from fhir_spine.errors import IncompletePull, ServerError
 from fhir_spine.fhir import medication_id
-from fhir_spine.redact import redact_url
+from fhir_spine.redact import redact_url, scrub
 from fhir_spine.sources.files import RawResource, ReadProblem, iter_folder
 from fhir_spine.sources.http import FhirClient, check_gzip_file
 from fhir_spine.sources.search import QueryLog, RestOptions, Searcher, pack_ids
@@ -192,6 +194,8 @@ class BulkExporter:
                 if attempt == 2:
                     raise IncompletePull(message + " (twice); the export is incomplete")
                 log.warning("%s; downloading it again", message)
+            if item.kind == "error":  # the server's messages may quote the token
+                size, digest = scrub_file(path)
             item.name = str(path.relative_to(self.job_dir))
             item.lines, item.bytes, item.sha256, item.done = lines, size, digest, True
             record_file(self.job_dir, job, index)
@@ -281,3 +285,22 @@ class BulkExporter:
         job.medications_fetched = True
         self.save()
         return len(lines)
+
+
+def scrub_file(path: Path) -> tuple[int, str]:
+    """An `error` file (OperationOutcomes, not data) rewritten line by line through the
+    secret scrubber, so the job folder holds no token a server echoed; its new size and
+    SHA-256."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    tmp = path.with_name(f".{path.name}.scrub")
+    digest = hashlib.sha256()
+    with opener(path, "rb") as src, opener(tmp, "wb") as dst:
+        for line in src:
+            text = line.decode("utf-8", "replace")
+            dst.write(scrub(text).encode("utf-8"))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
