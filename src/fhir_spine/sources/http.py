@@ -461,6 +461,10 @@ class FhirClient:
                 else "connection failed"
             self.stats.record(method, "no-answer", 0)
             raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True) from None
+        except requests.exceptions.RequestException as exc:  # too many redirects, bad URL
+            self.stats.record(method, "refused", 0)
+            raise ServerError(scrub(f"{shown}: {type(exc).__name__}: "
+                                    f"{_root_cause(exc)}")) from None
         self.stats.record(method, response.status_code, size)
         log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, size,
                   (time.monotonic() - started) * 1000)
