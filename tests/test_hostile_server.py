@@ -325,3 +325,15 @@ def test_files_log_is_replayed_after_a_kill(tmp_path):
     other.files[1] = FileState("output", "Patient", "u1", None)
     (tmp_path / "job.json").write_bytes(other.to_json())  # a new export, old log lines
     assert [f.done for f in load_job(tmp_path).files] == [False, False, False]
+
+
+@pytest.mark.parametrize("mode", ["search-outcome-token", "unauthorized-encoded"])
+def test_refresh_json_log_error_field_holds_no_token(mode, other, previous):
+    """`refresh.failed` carries the error in its own JSON field: scrubbed too."""
+    before = snapshot(previous)
+    with HostileServer(mode, token=TOKEN, other=other.base) as server:
+        run = fhir_spine("refresh", "--server", server.base, "--out", str(previous),
+                         "--timeout", "5", "--retry-time", "0", fmt="json")
+    assert_failed(run, 5 if mode.startswith("search") else 6, "***", before)
+    assert b'"event": "refresh.failed"' in run.stderr
+    assert_no_secret(run, previous.with_name(previous.name + ".state"))
