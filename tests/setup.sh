@@ -15,7 +15,9 @@ fi
 # The HAPI FHIR JPA test server (Maven build) and the second server.
 bash tests/servers/setup.sh
 
-# The official FHIR R4 examples (npm package) for the bad-input run, when present.
+# The official FHIR R4 examples (npm package) for the bad-input run, when present, and the
+# mCODE STU4 package (its examples: real-world oncology shapes).
 if [ -f tests/data/setup_examples.sh ]; then
   bash tests/data/setup_examples.sh
+  bash tests/data/setup_examples.sh hl7.fhir.us.mcode 4.0.0
 fi

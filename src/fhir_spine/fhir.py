@@ -7,11 +7,13 @@ Data export, the refresh and `check` agree on them and any module may import thi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fhir_spine.settings import Mappings
+    from fhir_spine.sources.capabilities import Capabilities
 
 # Types fetched by id rather than by patient: the patient itself and the medications
 # that orders point to.
@@ -71,6 +73,28 @@ def parse_instant(text: str) -> datetime:
 
 
 # ------------------------------------------------------------------ resource types
+
+# View types a server may well not offer (many do not store questionnaire answers): a REST
+# pull searches them only when the CapabilityStatement lists them with a `patient` search
+# parameter, else skips them with a warning and names them in the manifest's
+# `query.types_not_offered` (issue 11, item 8). Every other view type is required.
+OPTIONAL_TYPES = ("QuestionnaireResponse",)
+
+
+def optional_types_not_offered(caps: Capabilities, types: Iterable[str]) -> tuple[str, ...]:
+    """The optional `types` a CapabilityStatement does not offer for patient searches.
+
+    A statement that lists no resource types at all says nothing: nothing is dropped."""
+    if not caps.types:
+        return ()
+    missing = []
+    for t in types:
+        support = caps.types.get(t)
+        if t in OPTIONAL_TYPES and (support is None or (
+                support.search_params and "patient" not in caps.search_params_of(t))):
+            missing.append(t)
+    return tuple(missing)
+
 
 def patient_types(mappings: Mappings) -> tuple[str, ...]:
     """Types the views read that a pull asks for by patient (`<Type>?patient=...`)."""

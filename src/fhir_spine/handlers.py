@@ -81,6 +81,12 @@ def number(name: str) -> ViewColumn:
     return ViewColumn(name, NUMBER_TYPES)
 
 
+def elements(name: str, fhir_type: str) -> ViewColumn:
+    """A list of whole FHIR elements (JSON objects), e.g. `Observation.component`: the
+    handler reads inside them, so the view stays one row per resource."""
+    return ViewColumn(name, frozenset({fhir_type}), collection=True)
+
+
 @dataclass(frozen=True)
 class ResourceHandler:
     """How one resource type is read: the `Normaliser` method named `handler` is called
@@ -106,11 +112,11 @@ HANDLERS: tuple[ResourceHandler, ...] = (
                     (text("id"), text("resource_type"), when("birth_date"), text("gender"))),
     ResourceHandler("Medication", "medication", 1, (text("id"), texts("codings"))),
     ResourceHandler(
-        "Procedure", "procedure", 2,
+        "Procedure", "procedure_with_profile", 2,
         (*_SUBJECT, text("status"), texts("codings"), texts("category_codings"),
          texts("body_site_codings"), when("performed_datetime"),
          when("performed_period_start"), when("performed_period_end"),
-         text("encounter_ref"), texts("part_of_refs")),
+         text("encounter_ref"), texts("part_of_refs"), texts("profiles")),
         (*_SUBJECT_RAW, text("performed_string"))),
     ResourceHandler(
         "MedicationRequest", "medication_use", 3,
@@ -126,8 +132,8 @@ HANDLERS: tuple[ResourceHandler, ...] = (
     ResourceHandler(
         "DiagnosticReport", "diagnostic_report", 5,
         (*_SUBJECT, text("status"), texts("codings"), texts("category_codings"),
-         texts("conclusion_codings"), when("issued"), when("effective_datetime"),
-         when("effective_period_start")),
+         texts("conclusion_codings"), text("conclusion"), when("issued"),
+         when("effective_datetime"), when("effective_period_start")),
         _SUBJECT_RAW),
     ResourceHandler(
         "Condition", "condition", 6,
@@ -144,7 +150,22 @@ HANDLERS: tuple[ResourceHandler, ...] = (
         "Observation", "observation", 8,
         (*_SUBJECT, text("status"), texts("codings"), when("effective_datetime"),
          when("effective_period_start"), when("effective_instant"), when("issued"),
-         number("value_quantity"), number("value_integer"), texts("value_codings")),
+         number("value_quantity"), number("value_integer"), texts("value_codings"),
+         text("value_string"), text("value_comparator"),
+         elements("value_coding_extensions", "Extension"),
+         texts("data_absent_reason_codings"), elements("components", "BackboneElement")),
+        # read only to name the value form in a warning (values.py)
+        (*_SUBJECT_RAW, ViewColumn("value_boolean", frozenset({"boolean"})),
+         number("value_range_low"), number("value_range_high"),
+         number("value_ratio_numerator"), text("value_sampled_data"),
+         ViewColumn("value_time", frozenset({"time"})), when("value_datetime"),
+         when("value_period_start"))),
+    # Patient-reported outcomes as questionnaire answers (issue 11, item 8); `items` are
+    # the top-level items whole, read through mappings/questionnaires.yaml.
+    ResourceHandler(
+        "QuestionnaireResponse", "questionnaire_response", 9,
+        (*_SUBJECT, text("status"), text("questionnaire"), when("authored"),
+         elements("items", "BackboneElement")),
         _SUBJECT_RAW),
 )
 

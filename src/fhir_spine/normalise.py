@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from fhir_spine import questionnaires, values
 from fhir_spine.concepts import Coding, ConceptMap, parse_codings
 from fhir_spine.handlers import in_order
+from fhir_spine.histology_text import read_conclusion
 from fhir_spine.issues import Issue
 from fhir_spine.pathway.model import (
     ClinicalEvent,
@@ -34,10 +36,12 @@ from fhir_spine.pathway.model import (
     Source,
 )
 from fhir_spine.pathway.time import UnparseableTime, When, parse_when
+from fhir_spine.questionnaires import QuestionnaireMap
 from fhir_spine.settings import PathwaySettings
 
 Row = dict[str, Any]
 SEXES = {"female", "male", "other", "unknown"}
+PROFILE_SYSTEM = "urn:fhir-spine:meta.profile"  # concepts.yaml alias `meta-profile`
 
 
 @dataclass
@@ -104,10 +108,11 @@ class Normalised:
 
 
 def normalise(rows: Mapping[str, Iterable[Row]], concepts: ConceptMap,
-              settings: PathwaySettings) -> Normalised:
+              settings: PathwaySettings,
+              questionnaire_map: QuestionnaireMap | None = None) -> Normalised:
     """View rows by resource type -> records, each type by its registered handler, in
     the registry's order (patients and medications first, so references resolve)."""
-    norm = Normaliser(concepts, settings)
+    norm = Normaliser(concepts, settings, questionnaires=questionnaire_map or QuestionnaireMap())
     for entry in in_order(rows):
         handle = getattr(norm, entry.handler)
         for row in rows[entry.resource_type]:
@@ -137,6 +142,7 @@ class Normaliser:
     issues: list[Issue] = field(default_factory=list)
     codes: CodeTally = field(init=False)
     measurement_rows: list[tuple[str, Measurement]] = field(default_factory=list)
+    questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
 
     def __post_init__(self) -> None:
         self.codes = CodeTally(self.concepts)
@@ -246,6 +252,20 @@ class Normaliser:
             part_of=tuple(r for r in row.get("part_of_refs") or () if r),
             levels=levels, coding=match.coding))
 
+    def procedure_with_profile(self, row: Row) -> None:
+        """Procedure rows, with a declared profile that concepts.yaml maps (system
+        `meta-profile`, e.g. mCODE CancerRelatedSurgicalProcedure) added to its categories,
+        then `procedure()`: the profile is the sender's statement of what the procedure is
+        (issue 11: mCODE examples), looked up after the codes, as categories are."""
+        extra = []
+        for url in row.get("profiles") or ():
+            coding = Coding(PROFILE_SYSTEM, str(url))
+            if self.concepts.lookup("procedure", coding) is not None:
+                extra.append(f"{PROFILE_SYSTEM}|{url}|declared profile")
+        if extra:
+            row = {**row, "category_codings": [*(row.get("category_codings") or ()), *extra]}
+        self.procedure(row)
+
     def _procedure_concept(self, codings: tuple[Coding, ...], categories: tuple[Coding, ...],
                            levels: tuple[str, ...]):  # type: ignore[no-untyped-def]
         for group in (codings, categories):
@@ -318,15 +338,35 @@ class Normaliser:
         finding = self.concepts.first("finding", conclusion)
         self.codes.add("DiagnosticReport", "DiagnosticReport.conclusionCode", conclusion, pid,
                        "finding")
+        concept, basis = (finding.concept, "coded") if finding else (None, None)
+        text = row.get("conclusion")
+        has_text = isinstance(text, str) and bool(text.strip())
+        if concept is None and has_text:
+            reading = read_conclusion(str(text), self.settings.text_rules)
+            if reading.concept is not None:
+                concept, basis = reading.concept, "narrative"
+                self._issue("info", "narrative-conclusion", "histology read from the narrative "
+                            f"conclusion by the text rule: {reading.concept} ({reading.term!r})",
+                            row, pid)
+            else:
+                self._issue("warning", "narrative-conclusion-unread",
+                            "pathology report conclusion is narrative only and no text rule "
+                            f"read it ({reading.why_not}; {len(str(text))} characters); "
+                            "code it, or extend narrative_histology in settings.yaml",
+                            row, pid)
+        elif concept is None:
+            self._issue("warning", "conclusion-not-read", "pathology report has no "
+                        + ("mapped conclusionCode (" + _show(conclusion) + ")" if conclusion
+                           else "conclusionCode and no conclusion text"), row, pid)
         issued = self._when(row.get("issued") or row.get("effective_datetime")
                             or row.get("effective_period_start"), row, pid, "issued")
         status = str(row.get("status") or "")
         ok = status in self.settings.report_statuses
         self.by_patient[pid].reports.append(PathologyReport(
             Source("DiagnosticReport", str(row["id"])), issued,
-            finding.concept if finding else None, status, ok,
+            concept, status, ok,
             "" if ok else f"status {status or '(none)'}",
-            finding.coding if finding else None))
+            finding.coding if finding else None, basis, has_text))
 
     def condition(self, row: Row) -> None:
         pid = self._patient_of(row)
@@ -370,6 +410,16 @@ class Normaliser:
             status=str(row.get("status") or "")))
 
     def observation(self, row: Row) -> None:
+        """One Observation -> zero or more measurements (issue 11, item 3).
+
+        The Observation's own code and value give one measure; each `component` whose
+        code maps gives another (pain inside a panel, SOSGOQ2.0 domains, SINS components,
+        ECOG). Per resource, one value per measure: the Observation's own value first,
+        then components in order. Values are read by `values.read_number`. A
+        `dataAbsentReason` is an `info` row naming it; a value in a form that gives no
+        number is a `warning` row naming the form. The resource is set aside only when
+        no measure gave a usable value.
+        """
         pid = self._patient_of(row)
         if pid is None:
             return
@@ -377,17 +427,38 @@ class Normaliser:
         measure = self.concepts.first("observation", codings)
         self.codes.add("Observation", "Observation.code", codings, pid,
                        "observation")
-        if measure is None:
+        candidates: list[tuple[str, str, values.FoundValue]] = []
+        if measure is not None:
+            candidates.append((measure.concept, "", values.from_row(row)))
+        for n, component in enumerate(row.get("components") or ()):
+            if not isinstance(component, dict):
+                continue
+            code = component.get("code")
+            comp_codings = values.codings_of(code.get("coding") if isinstance(code, dict)
+                                             else None)
+            self.codes.add("Observation", "Observation.component.code", comp_codings, pid,
+                           "observation")
+            hit = self.concepts.first("observation", comp_codings)
+            if hit is not None:
+                candidates.append((hit.concept, f"component[{n}] ", values.from_element(component)))
+        if not candidates:
             self._issue("info", "unmapped-code", f"Observation code not mapped: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
             return
+        shown = candidates[0][0]
         status = str(row.get("status") or "")
         if status not in self.settings.observation_statuses:
-            self._issue("info", "status-not-counted", f"{measure.concept} observation has "
+            self._issue("info", "status-not-counted", f"{shown} observation has "
                         f"status {status or '(none)'}", row, pid, sets_aside=True)
             return
-        value = self._observation_value(row, measure.concept, pid)
-        if value is None:
+        first_issue = len(self.issues)
+        found = self._observation_values(row, pid, candidates)
+        if not found:
+            if len(self.issues) == first_issue:
+                self._issue("warning", "no-value", f"{shown} observation has no usable value",
+                            row, pid)
+            for i in range(first_issue, len(self.issues)):
+                self.issues[i] = _set_aside(self.issues[i])
             return
         effective = self._when(row.get("effective_datetime") or row.get("effective_period_start")
                                or row.get("effective_instant") or row.get("issued"),
@@ -395,42 +466,108 @@ class Normaliser:
         if effective is None or not effective.is_day_precise:
             if effective is None and not _any(row, "effective_datetime", "effective_period_start",
                                               "effective_instant", "issued"):
-                self._issue("warning", "no-date", f"{measure.concept} observation has no "
+                self._issue("warning", "no-date", f"{shown} observation has no "
                             "effective time", row, pid)
             self.issues[-1] = _set_aside(self.issues[-1])
             return
-        m = Measurement(measure.concept, value, effective, Source("Observation", str(row["id"])))
-        self.by_patient[pid].measurements.append(m)
-        self.measurement_rows.append((pid, m))
+        for concept, value in found.items():
+            m = Measurement(concept, value, effective, Source("Observation", str(row["id"])))
+            self.by_patient[pid].measurements.append(m)
+            self.measurement_rows.append((pid, m))
 
-    def _observation_value(self, row: Row, measure: str, pid: str) -> float | None:
+    def questionnaire_response(self, row: Row) -> None:
+        """One QuestionnaireResponse -> a measurement per mapped answered item (issue 11,
+        item 8): `mappings/questionnaires.yaml` maps questionnaire canonical + linkId to a
+        measure; the answer is read like an Observation value; `authored` is the effective
+        time. A response none of whose items the map covers is counted (an `info` row,
+        set aside), not an error."""
+        pid = self._patient_of(row)
+        if pid is None:
+            return
+        canonical = str(row.get("questionnaire") or "")
+        by_link = self.questionnaires.measures_for(canonical)
+        candidates: list[tuple[str, str, values.FoundValue]] = []
+        seen = 0
+        for link_id, answers in questionnaires.answered_items(row.get("items")):
+            seen += 1
+            measure = by_link.get(link_id)
+            if measure is None:
+                continue
+            answer = answers[0] if answers else {}
+            candidates.append((measure, f"item {link_id!r} ", values.from_element(answer)))
+        if not candidates:
+            self._issue("info", "questionnaire-not-mapped",
+                        f"QuestionnaireResponse of {canonical or '(no questionnaire)'}: none of "
+                        f"its {seen} items is in questionnaires.yaml", row, pid,
+                        sets_aside=True)
+            return
+        status = str(row.get("status") or "")
+        if status not in self.settings.questionnaire_response_statuses:
+            self._issue("info", "status-not-counted", f"QuestionnaireResponse has status "
+                        f"{status or '(none)'}", row, pid, sets_aside=True)
+            return
+        first_issue = len(self.issues)
+        found = self._observation_values(row, pid, candidates, "QuestionnaireResponse")
+        if not found:
+            for i in range(first_issue, len(self.issues)):
+                self.issues[i] = _set_aside(self.issues[i])
+            if len(self.issues) == first_issue:
+                self._issue("warning", "no-value", "QuestionnaireResponse: no mapped item has "
+                            "an answer", row, pid, sets_aside=True)
+            return
+        authored = self._when(row.get("authored"), row, pid, "authored")
+        if authored is None or not authored.is_day_precise:
+            if authored is None and not row.get("authored"):
+                self._issue("warning", "no-date", "QuestionnaireResponse has no authored time",
+                            row, pid)
+            self.issues[-1] = _set_aside(self.issues[-1])
+            return
+        for concept, value in found.items():
+            m = Measurement(concept, value, authored,
+                            Source("QuestionnaireResponse", str(row["id"])))
+            self.by_patient[pid].measurements.append(m)
+            self.measurement_rows.append((pid, m))
+
+    def _observation_values(self, row: Row, pid: str,
+                            candidates: list[tuple[str, str, values.FoundValue]],
+                            rtype: str = "Observation") -> dict[str, float]:
+        """measure -> value for one resource; every value not used is an issue row."""
         from fhir_spine.pathway.measures import in_range
+        from fhir_spine.pathway.vocabulary import MEASURE_RANGES
 
-        value: float | None = None
-        for column in ("value_quantity", "value_integer"):
-            raw = row.get(column)
-            if raw not in (None, ""):
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    value = None
-                break
-        if value is None:
-            coded = parse_codings(row.get("value_codings"))
-            hit = self.concepts.first("value", coded)
-            self.codes.add("Observation", "Observation.value", coded, pid,
-                           "value")
-            if hit is not None and hit.value is not None:
-                value = hit.value
-        if value is None:
-            self._issue("warning", "no-value", f"{measure} observation has no usable value",
-                        row, pid, sets_aside=True)
-            return None
-        if not in_range(measure, value):
-            self._issue("error", "value-out-of-range", f"{measure} value {value:g} is out of "
-                        "range", row, pid, sets_aside=True)
-            return None
-        return value
+        ranges: dict[str, tuple[int, int]] = {str(k): v for k, v in MEASURE_RANGES.items()}
+        found: dict[str, float] = {}
+        components = any(where for _, where, _ in candidates)
+        for concept, where, forms in candidates:
+            top = ranges[concept][1] if concept in ranges else None
+            read = values.read_number(forms, self.concepts, top)
+            element = ("QuestionnaireResponse.item.answer" if rtype != "Observation"
+                       else "Observation.component.value" if where else "Observation.value")
+            self.codes.add(rtype, element, forms.codings, pid, "value")
+            what = (f"{concept} observation {where}" if rtype == "Observation"
+                    else f"{concept} answer {where}").rstrip()
+            if read.number is None:
+                if read.absent_reason:
+                    self._issue("info", "data-absent", f"{what}: dataAbsentReason "
+                                f"{read.absent_reason}; no value", row, pid)
+                elif read.problem:
+                    self._issue("warning", "unreadable-value", f"{what}: value not read: "
+                                f"{read.problem}", row, pid)
+                elif not (components and not where):
+                    self._issue("warning", "no-value", f"{what} has no value", row, pid)
+                continue
+            if not in_range(concept, read.number):
+                self._issue("error", "value-out-of-range", f"{concept} value {read.number:g} is "
+                            f"out of range ({what}, {read.form})", row, pid)
+                continue
+            if concept in found:
+                if found[concept] != read.number:
+                    self._issue("info", "duplicate-measure", f"{what}: {concept} "
+                                f"{read.number:g} ignored; this resource already gave "
+                                f"{found[concept]:g}", row, pid)
+                continue
+            found[concept] = read.number
+        return found
 
 
 def _any(row: Row, *columns: str) -> bool:

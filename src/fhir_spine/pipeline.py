@@ -116,7 +116,7 @@ def extract(
     normalised = normalise(
         {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
          for rtype, by_id in reader.rows.items()},
-        mappings.concepts, mappings.settings)
+        mappings.concepts, mappings.settings, mappings.questionnaires)
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
 
     counts, pending = _account(reader, normalised, results)

@@ -75,6 +75,9 @@ PATIENTS = [
     Column("index_biopsy_date", "date", "first completed percutaneous vertebral biopsy"),
     Column("stabilization_date", "date", "pathway stabilization (pedicle screw-rod fixation)"),
     Column("diagnosis_available_date", "date", "first conclusive pathology report issued"),
+    Column("histology_basis", "string", "what the biopsy histology was read from: the "
+           "report's conclusionCode, its narrative conclusion (site text rule), or a neoplasm "
+           "Condition when no conclusion could be read", "coded, narrative, condition"),
     Column("therapy_start_date", "date", "definitive therapy start"),
     Column("therapy_modalities", "string", "`;`-joined modalities starting within the first "
            "therapy window", "systemic; radiotherapy; surgery"),

@@ -22,8 +22,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from fhir_spine import histology_text
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
+from fhir_spine.questionnaires import QuestionnaireMap, build_questionnaire_map
 
 _PACKAGE = "fhir_spine"
 _package_files = ExitStack()
@@ -76,6 +78,22 @@ class PathwaySettings:
     medication_administration_statuses: frozenset[str] = frozenset({"completed", "in-progress"})
     condition_verification_excluded: frozenset[str] = frozenset({"entered-in-error", "refuted"})
     readmission_encounter_classes: frozenset[str] = frozenset({"IMP", "EMER", "ACUTE"})
+    questionnaire_response_statuses: frozenset[str] = frozenset({"completed", "amended"})
+    # Narrative pathology conclusions (fhir_spine.histology_text; issue 11, item 5).
+    narrative_histology: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(histology_text.DEFAULT_FINDINGS))
+    narrative_negations: tuple[str, ...] = histology_text.DEFAULT_NEGATIONS
+    narrative_post_negations: tuple[str, ...] = histology_text.DEFAULT_POST_NEGATIONS
+    narrative_uncertain: tuple[str, ...] = histology_text.DEFAULT_UNCERTAIN
+    narrative_clause_breaks: tuple[str, ...] = histology_text.DEFAULT_CLAUSE_BREAKS
+
+    @property
+    def text_rules(self) -> histology_text.TextRules:
+        """The narrative conclusion rule these settings define."""
+        return histology_text.TextRules.from_settings(
+            self.narrative_histology, self.narrative_negations,
+            self.narrative_post_negations, self.narrative_uncertain,
+            self.narrative_clause_breaks)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -129,6 +147,7 @@ class Mappings:
     views: dict[str, dict[str, Any]]
     files: list[MappingFile]
     view_files: dict[str, str] = field(default_factory=dict)  # resource type -> its file
+    questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
 
 
 def _shown(path: Path) -> Path:
@@ -178,6 +197,7 @@ def load_mappings(
         else:
             concept_docs = [site_doc]
     concepts = build_concept_map(concept_docs)
+    questionnaires = _questionnaire_map(site_dir, files, concepts)
 
     views: dict[str, dict[str, Any]] = {}
     view_files: dict[str, str] = {}
@@ -198,7 +218,7 @@ def load_mappings(
             view_files[resource] = str(path)
             files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     check_views(views, view_files)
-    return Mappings(settings, concepts, views, files, view_files)
+    return Mappings(settings, concepts, views, files, view_files, questionnaires)
 
 
 def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) -> None:
@@ -209,3 +229,20 @@ def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) ->
 
     for rtype in sorted(views):
         check_view(view_files.get(rtype, f"<{rtype} view>"), views[rtype])
+
+
+def _questionnaire_map(site_dir: Path | None, files: list[MappingFile],
+                       concepts: ConceptMap) -> QuestionnaireMap:
+    """questionnaires.yaml: the default, a site's merged over it (`extends: default`) or
+    replacing it, as for concepts.yaml."""
+    docs = []
+    if (DEFAULT_MAPPINGS / "questionnaires.yaml").is_file():
+        docs.append(_read_yaml(DEFAULT_MAPPINGS / "questionnaires.yaml", files))
+    if site_dir is not None and (site_dir / "questionnaires.yaml").is_file():
+        site_doc = _read_yaml(site_dir / "questionnaires.yaml", files)
+        docs = [site_doc, *docs] if site_doc.get("extends") == "default" else [site_doc]
+    from fhir_spine.pathway.vocabulary import MEASURES
+
+    measures = set(MEASURES) | {name for name, element in concepts.element_of.items()
+                              if element == "observation"}
+    return build_questionnaire_map(docs, measures)

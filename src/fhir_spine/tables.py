@@ -86,6 +86,7 @@ def patient_row(r: PatientResult) -> dict[str, Any]:
         "age_at_biopsy": r.age_at_biopsy, "sex": r.sex,
         "index_biopsy_date": r.index_biopsy_date, "stabilization_date": r.stabilization_date,
         "diagnosis_available_date": r.diagnosis_available_date,
+        "histology_basis": r.histology_basis,
         "therapy_start_date": r.therapy_start_date,
         "therapy_modalities": ";".join(r.therapy_modalities) or None,
         "days_biopsy_to_therapy": r.days_biopsy_to_therapy,
@@ -140,7 +141,7 @@ def rows_of(extraction: Extraction) -> Rows:
     rows are decided with the whole dataset)."""
     patients = [patient_row(r) for r in extraction.results]
     events: list[Record] = []
-    timepoints: dict[tuple[str, str], str] = {}
+    timepoints: dict[tuple[str, str, str], str] = {}
     for result in extraction.results:
         timepoints.update(result.timepoints)
         inp = extraction.inputs[result.patient_id]
@@ -161,8 +162,8 @@ def rows_of(extraction: Extraction) -> Rows:
     observations = [
         {"patient_id": pid, "measure": m.measure, "value": m.value,
          "effective": m.effective.iso(), "effective_date": m.effective.day,
-         "timepoint": timepoints.get(m.source.key), "resource_type": m.source.resource_type,
-         "resource_id": m.source.resource_id}
+         "timepoint": timepoints.get((*m.source.key, m.measure)),
+         "resource_type": m.source.resource_type, "resource_id": m.source.resource_id}
         for pid, m in extraction.measurements
     ]
     issues = [issue_row(i) for i in (*extraction.read_issues, *extraction.normalise_issues)]

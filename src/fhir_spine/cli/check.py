@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.server_options import add_http_options
 from fhir_spine.errors import ExitCode, ServerError
-from fhir_spine.fhir import BY_ID_TYPES, pulled_types
+from fhir_spine.fhir import BY_ID_TYPES, OPTIONAL_TYPES, pulled_types
 from fhir_spine.redact import redact_url
 
 if TYPE_CHECKING:
@@ -101,7 +101,12 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     for c in checks:
         params = ", ".join(f"{k} {v}" for k, v in c.params.items())
         search = "yes" if c.searchable else ("NO" if c.declared else "ABSENT")
-        out(f"{c.resource_type:<26} {search:<7} {params}")
+        optional = c.resource_type in OPTIONAL_TYPES
+        ok = c.declared and c.searchable and "NO" not in c.params.values()
+        out(f"{c.resource_type:<26} {search:<7} {params}"
+            + ("  (optional: pulled only when offered)" if optional and not ok else ""))
+        if optional:
+            continue
         if not c.declared:
             problems.append(f"{c.resource_type} (not in the CapabilityStatement)")
         elif not c.searchable:

@@ -114,7 +114,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         result.age_at_biopsy = age_in_years(inp.patient.birth_date, index.start.day)
 
     stab = find_stabilization(index, inp.events, gap)
-    diagnosis = find_diagnosis(index, inp.reports)
+    diagnosis = find_diagnosis(index, inp.reports, inp.conditions)
     therapy = find_definitive_therapy(index, inp.events, settings.therapy_modality_window_days)
     _fill_timeline(result, index, stab, diagnosis, therapy)
 
@@ -157,6 +157,7 @@ def _fill_timeline(
         result.stabilization_date = stab.event.start.day
     if diagnosis.report is not None and diagnosis.report.issued is not None:
         result.diagnosis_available_date = diagnosis.report.issued.day
+        result.histology_basis = diagnosis.basis
     if therapy.first is not None:
         result.therapy_start_date = therapy.first.start.day
         result.therapy_modalities = list(therapy.modalities)
@@ -184,18 +185,18 @@ def _fill_measures(
         base = measures.baseline(series, index, settings.baseline_lookback_days)
         if base is not None:
             result.measures[f"{measure}_baseline"] = base.value
-            result.timepoints[base.source.key] = "baseline"
+            result.timepoints[(*base.source.key, base.measure)] = "baseline"
         if dx is not None:
             near = measures.at_diagnosis(series, index, dx, settings.at_diagnosis_window_days)
             if near is not None:
                 result.measures[f"{measure}_at_diagnosis"] = near.value
-                result.timepoints[near.source.key] = "at-diagnosis"
+                result.timepoints[(*near.source.key, near.measure)] = "at-diagnosis"
     for name in BASELINE_MEASURES:
         base = measures.baseline(by_measure.get(name, []), index,
                                  settings.baseline_lookback_days)
         if base is not None:
             setattr(result, name, base.value)
-            result.timepoints[base.source.key] = "baseline"
+            result.timepoints[(*base.source.key, base.measure)] = "baseline"
 
 
 def _exclusions(

@@ -34,6 +34,7 @@ EVENT_TYPES = {
     "decompression": "decompression", "radiotherapy": "therapy-radiotherapy",
     "systemic-therapy": "therapy-systemic", "systemic-therapy-procedure": "therapy-systemic",
     "oncologic-resection": "therapy-surgery", "separation-surgery": "therapy-surgery",
+    "cancer-related-surgery": "therapy-surgery",
     "bone-modifying-agent": "bone-modifying-agent", "steroid": "steroid",
     "supportive-drug": "supportive-drug",
 }
@@ -108,13 +109,17 @@ def event_decision(e: ClinicalEvent, result: PatientResult, marks: Landmarks) ->
 def report_decision(r: PathologyReport, marks: Landmarks) -> Decision:
     has_index = marks.biopsies.index is not None
     if r is marks.diagnosis.report:
-        return Decision(r.source, "pathology-report", True, "diagnosis available")
+        basis = marks.diagnosis.basis
+        return Decision(r.source, "pathology-report", True, "diagnosis available"
+                        + (f" (histology: {basis})" if basis not in (None, "coded") else ""))
     if not r.countable:
         return Decision(r.source, "pathology-report", False, r.status_note)
     if r.finding == INSUFFICIENT:
         return Decision(r.source, "pathology-report", has_index, "insufficient sample")
     if r.finding is None:
-        return Decision(r.source, "pathology-report", False, "conclusion not coded or not mapped")
+        return Decision(r.source, "pathology-report", False,
+                        "conclusion not read (narrative only, no text rule matched)"
+                        if r.conclusion_text else "conclusion not coded or not mapped")
     return Decision(r.source, "pathology-report", False,
                     "not the first conclusive report after the index biopsy" if has_index
                     else "no index biopsy")

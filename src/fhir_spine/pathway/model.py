@@ -73,6 +73,8 @@ class PathologyReport(Generic[T]):
     countable: bool = True
     status_note: str = ""
     coding: Coding | None = None
+    basis: str | None = None      # how `finding` was read: "coded", "narrative" or None
+    conclusion_text: bool = False  # a narrative conclusion is present
 
 
 IssuedReport: TypeAlias = PathologyReport[OnDay]
@@ -161,6 +163,7 @@ class PatientResult:
     index_biopsy_date: date | None = None
     stabilization_date: date | None = None
     diagnosis_available_date: date | None = None
+    histology_basis: str | None = None   # coded, narrative, condition
     therapy_start_date: date | None = None
     therapy_modalities: list[str] = field(default_factory=list)
     days_biopsy_to_therapy: int | None = None
@@ -179,4 +182,5 @@ class PatientResult:
     ae_unplanned_fixation: int = 0
     ae_pain_readmission: int = 0
     decisions: list[Decision] = field(default_factory=list)
-    timepoints: dict[tuple[str, str], Timepoint] = field(default_factory=dict)  # source -> tp
+    # (resource type, id, measure) -> time point: one resource may give several measures
+    timepoints: dict[tuple[str, str, str], Timepoint] = field(default_factory=dict)

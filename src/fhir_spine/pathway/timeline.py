@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fhir_spine.pathway.model import (
     ClinicalEvent,
+    ConditionRecord,
     IssuedReport,
     PathologyReport,
     PlacedEvent,
@@ -28,6 +29,7 @@ THERAPY_MODALITY = {
     "radiotherapy": "radiotherapy",
     "oncologic-resection": "surgery",
     "separation-surgery": "surgery",
+    "cancer-related-surgery": "surgery",
 }
 MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
 NEOPLASTIC_FINDINGS = frozenset({"secondary-malignancy", *TUMOUR_FINDINGS})
@@ -121,20 +123,44 @@ def find_stabilization(
 class DiagnosisFinding:
     report: IssuedReport | None
     histology: str | None = None  # "neoplastic", "non-neoplastic" or None (unconfirmed)
+    basis: str | None = None      # "coded", "narrative" or "condition"
 
 
-def find_diagnosis(index: PlacedEvent, reports: Sequence[PathologyReport]) -> DiagnosisFinding:
-    """The first conclusive pathology report issued on or after the index biopsy day."""
-    conclusive = [
-        r for r in reports
-        if is_issued(r) and r.countable and r.issued.day >= index.start.day
-        and (r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC)
-    ]
+def find_diagnosis(index: PlacedEvent, reports: Sequence[PathologyReport],
+                   conditions: Sequence[ConditionRecord] = ()) -> DiagnosisFinding:
+    """The first conclusive pathology report issued on or after the index biopsy day.
+
+    Its histology is read from `conclusionCode` (basis `coded`) or, failing that, from
+    the narrative conclusion by the site's text rule (`narrative`; histology_text.py).
+    When no report's conclusion could be read at all, an unread report still dates the
+    diagnosis if a neoplasm Condition supports it (basis `condition`): a countable
+    neoplastic Condition at an index level, or first recorded on/after the biopsy day
+    (issue 11, item 5; README "Decisions recorded here").
+    """
+    after_index = [r for r in reports
+                   if is_issued(r) and r.countable and r.issued.day >= index.start.day]
+    conclusive = [r for r in after_index
+                  if r.finding in NEOPLASTIC_FINDINGS or r.finding == NON_NEOPLASTIC]
     if not conclusive:
+        unread = [r for r in after_index if r.finding is None]
+        if unread and _supporting_condition(index, conditions):
+            first = min(unread, key=lambda r: r.issued.sort_key())
+            return DiagnosisFinding(first, "neoplastic", "condition")
         return DiagnosisFinding(None)
     first = min(conclusive, key=lambda r: r.issued.sort_key())
     histology = "non-neoplastic" if first.finding == NON_NEOPLASTIC else "neoplastic"
-    return DiagnosisFinding(first, histology)
+    return DiagnosisFinding(first, histology, first.basis or "coded")
+
+
+def _supporting_condition(index: PlacedEvent, conditions: Sequence[ConditionRecord]) -> bool:
+    for c in conditions:
+        if not c.countable or c.finding not in NEOPLASTIC_FINDINGS:
+            continue
+        if set(index.levels) & set(c.levels):
+            return True
+        if c.onset is not None and c.onset.day is not None and c.onset.day >= index.start.day:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,13 @@ from typing import Any
 
 from fhir_spine.dataset import PART_FORMAT, Dataset, Part, issue_counts, manifest
 from fhir_spine.errors import ServerError
-from fhir_spine.fhir import BY_ID_TYPES, export_types, instant, parse_instant
+from fhir_spine.fhir import (
+    BY_ID_TYPES,
+    export_types,
+    instant,
+    optional_types_not_offered,
+    parse_instant,
+)
 from fhir_spine.outputs import publish, write_dataset
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.bulk import BulkExporter, BulkRequest, BulkResult
@@ -234,6 +240,8 @@ class Refresh:
             try:
                 store.begin()
                 caps = read_capabilities(self.client)
+                skipped = optional_types_not_offered(caps, self.types)
+                self.types = tuple(t for t in self.types if t not in skipped)
                 if full:
                     store.clear()
                     watermark, source = self._pull_full(caps)

@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from fhir_spine.errors import ConfigError, UsageError
-from fhir_spine.fhir import BY_ID_TYPES, medication_id, patient_types, reference_id
+from fhir_spine.fhir import (
+    BY_ID_TYPES,
+    medication_id,
+    optional_types_not_offered,
+    patient_types,
+    reference_id,
+)
 from fhir_spine.redact import redact_url
 from fhir_spine.settings import Mappings
-from fhir_spine.sources.capabilities import read_capabilities
+from fhir_spine.sources.capabilities import Capabilities, read_capabilities
 from fhir_spine.sources.files import RawResource, SourceItem
 from fhir_spine.sources.http import FhirClient
 from fhir_spine.sources.search import QueryLog, RestOptions, Searcher
@@ -135,7 +141,9 @@ class RestSource:
 
     def items(self) -> Iterator[SourceItem]:
         try:
-            self.info["fhir_version"] = read_capabilities(self.client).fhir_version
+            caps = read_capabilities(self.client)
+            self.info["fhir_version"] = caps.fhir_version
+            self._skip_types_not_offered(caps)
             ids = self.patients if self.patients is not None else self._candidates()
             self.query["patients"] = len(ids)
             log.info("cohort: %d patients; fetching %s in batches of %d with %d workers",
@@ -164,6 +172,15 @@ class RestSource:
             self._finish()
 
     # ------------------------------------------------------------- phases
+
+    def _skip_types_not_offered(self, caps: Capabilities) -> None:
+        dropped = optional_types_not_offered(caps, self.types)
+        if dropped:
+            log.warning("the server does not offer %s (not in its CapabilityStatement with a "
+                        "patient search): not pulled", ", ".join(dropped))
+            self.types = tuple(t for t in self.types if t not in dropped)
+            self.query["resource_types"] = list(BY_ID_TYPES[:1] + self.types + BY_ID_TYPES[1:])
+            self.query["types_not_offered"] = list(dropped)
 
     def _candidates(self) -> list[str]:
         tokens = index_code_tokens(self.mappings)
