@@ -76,3 +76,14 @@ def test_deadline_ends_a_dripping_answer_in_time():
             client.fetch_json("Procedure", params=[("code", "x")])
         assert time.monotonic() - started < 5
         client.close()
+
+
+def test_deadline_ends_dripping_headers_in_time():
+    with HostileServer("header-drip", drip=0.2) as server:
+        client = FhirClient(server.base, settings=HttpSettings(deadline=1.0, retry_time=0,
+                                                               read_timeout=5))
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match="--request-deadline 1"):
+            client.fetch_json("metadata")
+        assert time.monotonic() - started < 5
+        client.close()

@@ -21,6 +21,7 @@ second instance in mode `record` serves as "another host" that must never be ask
 | `bulk-bomb-encoded` | the same bomb sent as `Content-Encoding: gzip` |
 | `bulk-drip` | one export file drips a byte every `drip` seconds |
 | `search-drip` | the Procedure search page drips a byte every `drip` seconds |
+| `header-drip` | every answer's status line and headers drip a byte every `drip` seconds |
 | `endless-next` | `total` 5, but every page has 5 new matches and a next link |
 | `bulk-many` | an export of `files` tiny output files |
 | `manifest-url:<url>` | the export manifest lists an output file at `<url>` |
@@ -221,6 +222,15 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path.removeprefix("/fhir").lstrip("/")
         query = parse_qsl(parts.query)
+        if mode == "header-drip":
+            head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"y" * MAX_DRIP_BYTES + b"\r\n"
+            for byte in head:
+                if srv._stop.wait(srv.drip):
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            self.close_connection = True
+            return
         if mode == "record":
             self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": 1,
                              "entry": [{"resource": {"resourceType": "Patient",

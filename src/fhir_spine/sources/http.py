@@ -39,6 +39,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
@@ -228,7 +229,7 @@ class FhirClient:
         self._clock = clock
         self._origin = origin_of(self.base_url)
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
+        adapter = _TrackingAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": FHIR_JSON})
@@ -438,15 +439,17 @@ class FhirClient:
         try:
             # `verify` per request: a session-level value loses to $REQUESTS_CA_BUNDLE,
             # which would silently ignore --ca-bundle and --insecure.
-            response = self.session.request(method, url, data=form if form is not None else body,
-                                            headers=headers, timeout=timeout,
-                                            verify=self.settings.verify, stream=True,
-                                            hooks={"response": self._redirect_guard})
-            # read the body inside the try (it can break too), under the whole-request
-            # deadline: a server that drips a byte per read timeout cannot hold us
-            with response, _Deadline(response, started, self.settings, read is not None,
-                                     shown):
-                size = read(response) if read is not None else len(response.content)
+            # the whole request, headers and body, under the deadline: a server that
+            # drips a byte per read timeout cannot hold us (the body is read inside the
+            # try: it can break too)
+            with _Deadline(started, self.settings, read is not None, shown) as watch:
+                response = self.session.request(
+                    method, url, data=form if form is not None else body, headers=headers,
+                    timeout=timeout, verify=self.settings.verify, stream=True,
+                    hooks={"response": self._redirect_guard})
+                watch.response = response
+                with response:
+                    size = read(response) if read is not None else len(response.content)
         except _DeadlinePassed as exc:
             self.stats.record(method, "deadline", 0)
             raise ServerUnreachable(scrub(str(exc))) from None
@@ -699,12 +702,15 @@ class _Deadline:
     """Ends a request that passes `--request-deadline` (seconds since it was sent),
     unless it is a download still averaging `--min-rate` bytes a second.
 
-    A timer thread shuts the connection's socket down, which wakes the blocked read;
-    the body reader's error then becomes `_DeadlinePassed` (not retried)."""
+    A timer thread shuts the connection's socket down, which wakes the blocked read of
+    the headers or the body; the reader's error then becomes `_DeadlinePassed` (not
+    retried). The connection is known from the moment the request is sent
+    (`_TrackingAdapter`), or from the response."""
 
-    def __init__(self, response: requests.Response, started: float,
-                 settings: HttpSettings, download: bool, shown: str) -> None:
-        self.response = response
+    def __init__(self, started: float, settings: HttpSettings, download: bool,
+                 shown: str) -> None:
+        self.response: requests.Response | None = None
+        self.connection: Any = None
         self.started = started
         self.settings = settings
         self.download = download
@@ -714,6 +720,7 @@ class _Deadline:
         self._lock = threading.Lock()
 
     def __enter__(self) -> _Deadline:
+        _tracking.deadline = self
         if self.settings.deadline > 0:
             self._arm(max(0.0, self.started + self.settings.deadline - time.monotonic()))
         return self
@@ -729,25 +736,26 @@ class _Deadline:
             if self._timer is None:
                 return
             elapsed = time.monotonic() - self.started
-            got = self._got()
-            if self.download and self.settings.min_rate > 0 \
-                    and got >= self.settings.min_rate * elapsed:
+            if self.download and self.response is not None and self.settings.min_rate > 0 \
+                    and self._got() >= self.settings.min_rate * elapsed:
                 self._arm(min(60.0, self.settings.deadline))  # still moving: look again
                 return
             self.fired = True
-            connection = getattr(self.response.raw, "connection", None)
-            sock = getattr(connection, "sock", None)
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            raw = getattr(self.response, "raw", None)
+            for connection in (self.connection, getattr(raw, "connection", None)):
+                sock = getattr(connection, "sock", None)
+                if isinstance(sock, socket.socket):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
     def _got(self) -> int:
         try:
-            return int(self.response.raw.tell())
+            return int(self.response.raw.tell()) if self.response is not None else 0
         except (AttributeError, TypeError, ValueError, OSError):
             return 0
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        _tracking.deadline = None
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -759,3 +767,41 @@ class _Deadline:
                 f"{self.settings.deadline:g} s ({self._got()} bytes in {elapsed:.0f} s"
                 + (f", under --min-rate {self.settings.min_rate:g} bytes/s"
                    if self.download else "") + "); stopped")
+
+
+# The deadline of the request this thread is sending, for the connection to register on.
+_tracking = threading.local()
+
+
+class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        deadline = getattr(_tracking, "deadline", None)
+        if deadline is not None:
+            deadline.connection = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        deadline = getattr(_tracking, "deadline", None)
+        if deadline is not None:
+            deadline.connection = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """requests' adapter whose connections tell the request's `_Deadline` who they are,
+    so a server dripping its headers is cut off at the deadline too."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedPool,
+                                                   "https": _TrackedHTTPSPool}
