@@ -27,11 +27,12 @@ def when(raw: str) -> When:
 
 def event(concept: str, start: str | None, *, rid: str | None = None, end: str | None = None,
           encounter: str | None = None, part_of: tuple[str, ...] = (), levels=("T10",),
-          countable: bool = True, note: str = "", rtype: str = "Procedure") -> ClinicalEvent:
+          countable: bool = True, note: str = "", rtype: str = "Procedure",
+          request: str | None = None) -> ClinicalEvent:
     return ClinicalEvent(
         concept, Source(rtype, rid or f"{concept}-{next(_counter)}"),
         when(start) if start else None, when(end) if end else None, "completed",
-        countable, note, encounter, part_of, tuple(levels))
+        countable, note, encounter, part_of, tuple(levels), request_id=request)
 
 
 def report(issued: str, finding: str | None = "tumour-solid-metastasis", *,

@@ -85,3 +85,30 @@ def test_bad_settings_are_config_errors(tmp_path):
         load_mappings(tmp_path)
     with pytest.raises(ConfigError, match="unknown key"):
         PathwaySettings.from_mapping({"gap": 1})
+
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SCT = "http://snomed.info/sct"
+
+
+def test_a_code_listed_under_several_concepts_belongs_to_each(cmap):
+    # Synthea's combined chemoradiation (SNOMED 703423002) is both modalities.
+    found = cmap.matches("procedure", [Coding(SCT, "703423002")])
+    assert {m.concept for m in found} == {"radiotherapy", "systemic-therapy-procedure"}
+    # prefix and range entries stay first-match-wins catch-alls
+    assert [m.concept for m in cmap.matches("finding", [Coding(ICD, "C79.51")])] \
+        == ["secondary-malignancy"]
+    assert [m.concept for m in cmap.matches("procedure", [Coding(SCT, "367336001")])] \
+        == ["systemic-therapy-procedure"]
+
+
+@pytest.mark.parametrize("code", ["1736854", "583214", "1734340", "1736776", "1860480",
+                                  "752899", "349472"])
+def test_rxnorm_clinical_drugs_of_cancer_therapy_are_systemic_therapy(cmap, code):
+    assert cmap.first("medication", [Coding(RXNORM, code)]).concept == "systemic-therapy"
+
+
+@pytest.mark.parametrize("code", ["94225005", "94391008", "94381002", "94161006", "94493005",
+                                  "94260004", "94222008"])
+def test_snomed_secondary_malignancy_descendants_offline(cmap, code):
+    assert cmap.first("finding", [Coding(SCT, code)]).concept == "secondary-malignancy"

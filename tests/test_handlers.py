@@ -125,19 +125,33 @@ def test_site_view_column_without_a_type_is_a_configuration_error(tmp_path, caps
 
 def test_site_view_for_a_type_without_a_handler_is_a_configuration_error(tmp_path, capsys
                                                                          ) -> None:
-    """It used to publish a dataset whose manifest said "balanced": false, exit 0."""
+    """It used to publish a dataset whose manifest said "balanced": false, exit 0.
+    (MedicationStatement has a handler now; MedicationDispense has none.)"""
     view = default_view("MedicationRequest")
-    view.update(resource="MedicationStatement", name="medication_statement")
+    view.update(resource="MedicationDispense", name="medication_dispense")
     for c in view["select"][0]["column"]:
-        c["path"] = c["path"].replace("authoredOn", "dateAsserted").replace(
-            "'MedicationRequest'", "'MedicationStatement'")
+        c["path"] = c["path"].replace("authoredOn", "whenHandedOver").replace(
+            "'MedicationRequest'", "'MedicationDispense'")
     view["select"][0]["column"] = [c for c in view["select"][0]["column"]
                                    if c["name"] not in ("intent", "bounds_period_start",
                                                         "encounter_ref", "category_codings")]
+    folder = site(tmp_path, "MedicationDispense", view)
+    status, err, out = extract_with(tmp_path, folder, capsys)
+    assert_config_error(status, err, out, "MedicationDispense.json",
+                        "no handler reads MedicationDispense")
+
+
+def test_site_medication_statement_view_must_give_the_handler_its_dates(tmp_path, capsys
+                                                                      ) -> None:
+    """A site MedicationStatement view that maps `effective[x]` to another column name is
+    stopped at load, naming the column the handler reads."""
+    view = default_view("MedicationStatement")
+    for c in view["select"][0]["column"]:
+        if c["name"] == "effective_datetime":
+            c["name"] = "authored_on"
     folder = site(tmp_path, "MedicationStatement", view)
     status, err, out = extract_with(tmp_path, folder, capsys)
-    assert_config_error(status, err, out, "MedicationStatement.json",
-                        "no handler reads MedicationStatement")
+    assert_config_error(status, err, out, "MedicationStatement.json", "effective_datetime")
 
 
 def test_an_extra_optional_column_may_be_left_out_and_other_columns_added(tmp_path) -> None:

@@ -31,8 +31,6 @@ SETUP = TESTS / "data" / "setup_examples.sh"
 PACKAGE, VERSION = "hl7.fhir.us.mcode", "4.0.0"
 DEFAULT_DIR = TESTS / ".cache" / "npm" / "node_modules" / PACKAGE
 REPORT = TESTS / ".cache" / "mcode-examples-report.json"
-SCD = ("RxNorm clinical drug (SCD), not an ingredient: mapping clinical drugs to their "
-       "ingredient is the medications work of issue 11 (synthea-chemoradiation-unmapped)")
 
 # example id -> (resource type, events.event_type or "measure:<name>=<value>")
 EVIDENCE: dict[str, tuple[str, str]] = {
@@ -73,17 +71,13 @@ EVIDENCE: dict[str, tuple[str, str]] = {
     "cancer-related-medication-admin-prednisone-brian-l": ("MedicationAdministration",
                                                           "steroid"),
     "us-core-diagnosticreport-lab-jenny-m": ("DiagnosticReport", "pathology-report"),
-}
-# Evidence that another part of issue 11 has to make readable (xfail, not strict).
-BLOCKED: dict[str, tuple[str, str, str]] = {
-    "cancer-related-medication-request-cisplatin": ("MedicationRequest", "therapy-systemic",
-                                                    SCD),
+    # RxNorm clinical drugs (SCD), not ingredients
+    "cancer-related-medication-request-cisplatin": ("MedicationRequest", "therapy-systemic"),
     "cancer-related-medication-request-cisplatin-stopped": ("MedicationRequest",
-                                                            "therapy-systemic", SCD),
-    "cancer-related-medication-request-gefitinib": ("MedicationRequest", "therapy-systemic",
-                                                    SCD),
+                                                            "therapy-systemic"),
+    "cancer-related-medication-request-gefitinib": ("MedicationRequest", "therapy-systemic"),
     "cancer-related-medication-admin-doxorubicin-jenny-m": ("MedicationAdministration",
-                                                           "therapy-systemic", SCD),
+                                                           "therapy-systemic"),
 }
 
 
@@ -149,9 +143,7 @@ def _disposition(tables, rid: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("rid", "rtype", "expected"),
-                         [(k, *v) for k, v in EVIDENCE.items()] + [
-                             pytest.param(k, t, e, marks=pytest.mark.xfail(reason=why))
-                             for k, (t, e, why) in BLOCKED.items()])
+                         [(k, *v) for k, v in EVIDENCE.items()])
 def test_mcode_examples_with_pathway_evidence_give_their_event(run, rid, rtype, expected):
     _, _, _, tables = run
     assert expected in _disposition(tables, rid), (

@@ -41,6 +41,7 @@ COLUMNS: dict[str, list[str]] = {
         "status_reason_codings",
         "reason_codings",
         "profiles",
+        "date_extensions",
     ],
     "Observation": [
         *COMMON,
@@ -93,6 +94,7 @@ COLUMNS: dict[str, list[str]] = {
         "status_reason_codings",
         "encounter_ref",
         "category_codings",
+        "date_extensions",
     ],
     "MedicationAdministration": [
         *COMMON,
@@ -101,8 +103,22 @@ COLUMNS: dict[str, list[str]] = {
         "effective_period_end",
         "medication_codings",
         "medication_ref",
+        "medication_reference",
         "request_ref",
         "context_ref",
+        "date_extensions",
+    ],
+    "MedicationStatement": [
+        *COMMON,
+        "effective_datetime",
+        "effective_period_start",
+        "effective_period_end",
+        "medication_codings",
+        "medication_ref",
+        "medication_reference",
+        "date_asserted",
+        "context_ref",
+        "date_extensions",
     ],
     "Encounter": [
         *COMMON,
@@ -127,7 +143,7 @@ COLUMNS: dict[str, list[str]] = {
         "body_site_codings",
         "encounter_ref",
     ],
-    "Medication": ["id", "codings"],
+    "Medication": ["id", "codings", "ingredient_codings"],
     "QuestionnaireResponse": [*COMMON, "questionnaire", "authored", "encounter_ref", "items"],
 }
 COLLECTIONS = {
@@ -154,6 +170,8 @@ COLLECTIONS = {
     "hospitalization_admit_source_codings",
     "clinical_status_codes",
     "verification_status_codes",
+    "ingredient_codings",
+    "date_extensions",
 }
 
 SCT = "http://snomed.info/sct"

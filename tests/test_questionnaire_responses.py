@@ -136,5 +136,6 @@ def test_rest_pull_skips_questionnaire_responses_a_server_does_not_offer():
         "QuestionnaireResponse",)
     offered = {"type": "QuestionnaireResponse", "searchParam": [{"name": "patient"}]}
     assert optional_types_not_offered(statement(procedure, offered), types) == ()
-    # a statement that lists no resources says nothing: nothing is dropped
-    assert optional_types_not_offered(statement(), types) == ()
+    # not declared is not offered, even by a statement that lists no resources: searching
+    # a type the server lacks would fail the whole pull
+    assert optional_types_not_offered(statement(), types) == ("QuestionnaireResponse",)

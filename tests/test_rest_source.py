@@ -632,3 +632,42 @@ def test_check_fails_naming_what_is_missing(mappings):
     assert "$export       not offered" in text
     assert "backend services (private_key_jwt) yes" in text
     assert "search        FAILED" in text and "Unknown param code" in text
+
+
+@pytest.mark.parametrize("declared", [True, False])
+@responses.activate
+def test_medication_statements_are_read_when_the_server_offers_them(mappings, declared):
+    """MedicationStatement is optional evidence: searched (and its Medication fetched) when
+    the CapabilityStatement declares it, never a failed pull when it does not."""
+    statement = resource("MedicationStatement", "ms1", 40, subject={"reference": "Patient/p1"},
+                         medicationReference={"reference": "Medication/m9"}, status="active")
+    drug = resource("Medication", "m9", 41)
+    fake = FakeFhir(cohort() + [statement, drug])
+    plain = fake.handle
+
+    def handle(request):
+        if declared and urlsplit(request.url).path.endswith("/metadata"):
+            return 200, {}, json.dumps({"resourceType": "CapabilityStatement",
+                                        "fhirVersion": "4.0.1", "rest": [{"mode": "server",
+                                        "resource": [{"type": "MedicationStatement"}]}]})
+        return plain(request)
+
+    fake.handle = handle
+    fake.install(responses.mock)
+    got = keys(run_source(RestSource(client(), mappings)))
+    assert ("MedicationStatement/ms1" in got) is declared
+    assert ("Medication/m9" in got) is declared
+    assert any("MedicationStatement?" in u for u in fake.requests) is declared
+
+
+@responses.activate
+def test_check_names_an_absent_optional_type_without_failing(mappings):
+    from fhir_spine.cli.check import _check
+
+    responses.get(f"{BASE}/metadata", json=capability())
+    responses.get(f"{BASE}/.well-known/smart-configuration", status=404)
+    responses.get(re.compile(re.escape(f"{BASE}/Procedure?") + ".*_summary=count"),
+                  json={"resourceType": "Bundle", "type": "searchset", "total": 3})
+    lines: list[str] = []
+    assert _check(client(), mappings, lines.append) == 0
+    assert re.search(r"MedicationStatement\s+ABSENT\s+optional: not read", "\n".join(lines))

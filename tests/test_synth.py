@@ -371,6 +371,14 @@ def test_truth_rules_use_the_default_settings():
         assert tuple(settings[key]) == getattr(rules, key), key
 
 
+def test_truth_rules_use_the_default_role_statuses():
+    settings = yaml.safe_load((DEFAULT_MAPPINGS / "settings.yaml").read_text())
+    by_role = settings["procedure_statuses_by_role"]
+    assert tuple(by_role["definitive-therapy"]) == truth.DEFAULT_RULES.therapy_procedure_statuses
+    assert tuple(by_role["biopsy"]) == tuple(by_role["stabilization"]) \
+        == truth.DEFAULT_RULES.procedure_statuses
+
+
 # ---------------------------------------------------------------- small units
 
 

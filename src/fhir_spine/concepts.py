@@ -80,6 +80,8 @@ class ConceptMap:
     element_of: dict[str, str] = field(default_factory=dict)
     system_aliases: dict[str, str] = field(default_factory=dict)
     _cache: dict[tuple[str, str, str], _Entry | None] = field(default_factory=dict, repr=False)
+    _also_cache: dict[tuple[str, str, str], tuple[_Entry, ...]] = field(default_factory=dict,
+                                                                        repr=False)
 
     def lookup(self, element: str, coding: Coding) -> Match | None:
         key = (element, coding.system, coding.code)
@@ -106,6 +108,39 @@ class ConceptMap:
 
     def all(self, element: str, codings: Iterable[Coding]) -> list[Match]:
         return [m for c in codings if (m := self.lookup(element, c)) is not None]
+
+    def also(self, element: str, coding: Coding) -> list[Match]:
+        """Every further concept that lists this coding by exact code (not the first match).
+
+        A code listed by exact `code` under several concepts of one element belongs to each
+        of them: Synthea's SNOMED 703423002 "Combined chemotherapy and radiation therapy" is
+        systemic therapy *and* radiotherapy (PATHWAY.md "Therapy modalities": every
+        definitive modality counts). Prefix and range entries stay first-match-wins
+        catch-alls, so an ICD-10 C79.51 is still only a secondary malignancy.
+        """
+        key = (element, coding.system, coding.code)
+        if key not in self._also_cache:
+            first = self.lookup(element, coding)
+            seen = {first.concept} if first is not None else set()
+            extra: list[_Entry] = []
+            for e in self.entries.get(element, ()):
+                if e.code is not None and e.concept not in seen and e.matches(coding):
+                    seen.add(e.concept)
+                    extra.append(e)
+            self._also_cache[key] = tuple(extra)
+        return [Match(e.concept, coding, e.value, e.requires) for e in self._also_cache[key]]
+
+    def matches(self, element: str, codings: Iterable[Coding]) -> list[Match]:
+        """The concepts a resource maps to: the best match (`first`), and the further
+        concepts that list the very coding that decided it by exact code (`also`).
+
+        Other codings of the resource that map elsewhere do not add concepts: one resource
+        is one record unless its code itself says it is several.
+        """
+        best = self.first(element, codings)
+        if best is None:
+            return []
+        return [best, *self.also(element, best.coding)]
 
     def _order(self, element: str) -> dict[str, int]:
         order: dict[str, int] = {}

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 # that orders point to.
 BY_ID_TYPES = ("Patient", "Medication")
 # Types whose `medicationReference` makes a pull fetch the Medication by id.
-MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration")
+MEDICATION_USERS = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
+# Types read when the server offers them; a server without them still has what the pathway
+# needs (MedicationStatement: mCODE STU1 therapy records, besides orders and administrations).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Key = tuple[str, str]
@@ -78,15 +80,17 @@ def parse_instant(text: str) -> datetime:
 # pull searches them only when the CapabilityStatement lists them with a `patient` search
 # parameter, else skips them with a warning and names them in the manifest's
 # `query.types_not_offered` (issue 11, item 8). Every other view type is required.
-OPTIONAL_TYPES = ("QuestionnaireResponse",)
+# Types some servers do not offer (sekmet, older HAPI setups): pulled only when the
+# CapabilityStatement declares a patient search for them.
+OPTIONAL_TYPES = ("MedicationStatement", "QuestionnaireResponse")
 
 
 def optional_types_not_offered(caps: Capabilities, types: Iterable[str]) -> tuple[str, ...]:
     """The optional `types` a CapabilityStatement does not offer for patient searches.
 
-    A statement that lists no resource types at all says nothing: nothing is dropped."""
-    if not caps.types:
-        return ()
+    Not declared means not offered, even when the statement lists no types at all: an
+    optional type is evidence a server may lack, and searching one it lacks would fail
+    the whole pull (exit 5) where skipping it with a warning loses nothing it has."""
     missing = []
     for t in types:
         support = caps.types.get(t)

@@ -110,44 +110,54 @@ _SUBJECT_RAW = (text("patient_reference"),)
 HANDLERS: tuple[ResourceHandler, ...] = (
     ResourceHandler("Patient", "patient", 0,
                     (text("id"), text("resource_type"), when("birth_date"), text("gender"))),
-    ResourceHandler("Medication", "medication", 1, (text("id"), texts("codings"))),
+    ResourceHandler("Medication", "medication", 1,
+                    (text("id"), texts("codings"), texts("ingredient_codings"))),
     ResourceHandler(
         "Procedure", "procedure_with_profile", 2,
         (*_SUBJECT, text("status"), texts("codings"), texts("category_codings"),
          texts("body_site_codings"), when("performed_datetime"),
          when("performed_period_start"), when("performed_period_end"),
          text("encounter_ref"), texts("part_of_refs"), texts("profiles")),
-        (*_SUBJECT_RAW, text("performed_string"))),
+        (*_SUBJECT_RAW, text("performed_string"), texts("date_extensions"))),
     ResourceHandler(
         "MedicationRequest", "medication_use", 3,
         (*_SUBJECT, text("status"), text("intent"), texts("medication_codings"),
-         text("medication_ref"), when("bounds_period_start"), when("authored_on"),
-         text("encounter_ref")),
-        (*_SUBJECT_RAW, text("medication_reference"))),
+         text("medication_ref"), text("medication_reference"), when("bounds_period_start"),
+         when("authored_on"), text("encounter_ref")),
+        (*_SUBJECT_RAW, texts("date_extensions"))),
     ResourceHandler(
         "MedicationAdministration", "medication_use", 4,
         (*_SUBJECT, text("status"), texts("medication_codings"), text("medication_ref"),
-         when("effective_datetime"), when("effective_period_start"), text("context_ref")),
-        (*_SUBJECT_RAW, text("medication_reference"))),
+         text("medication_reference"), when("effective_datetime"),
+         when("effective_period_start"), when("effective_period_end"), text("context_ref"),
+         text("request_ref")),
+        (*_SUBJECT_RAW, texts("date_extensions"))),
+    # mCODE STU1 CancerRelatedMedicationStatement: a record of therapy (its own statuses).
     ResourceHandler(
-        "DiagnosticReport", "diagnostic_report", 5,
+        "MedicationStatement", "medication_use", 5,
+        (*_SUBJECT, text("status"), texts("medication_codings"), text("medication_ref"),
+         text("medication_reference"), when("effective_datetime"),
+         when("effective_period_start"), when("effective_period_end"), text("context_ref")),
+        (*_SUBJECT_RAW, texts("date_extensions"))),
+    ResourceHandler(
+        "DiagnosticReport", "diagnostic_report", 6,
         (*_SUBJECT, text("status"), texts("codings"), texts("category_codings"),
          texts("conclusion_codings"), text("conclusion"), when("issued"),
          when("effective_datetime"), when("effective_period_start")),
         _SUBJECT_RAW),
     ResourceHandler(
-        "Condition", "condition", 6,
+        "Condition", "condition", 7,
         (*_SUBJECT, texts("codings"), texts("body_site_codings"), when("onset_datetime"),
          when("onset_period_start"), when("recorded_date"),
          texts("verification_status_codes")),
         _SUBJECT_RAW),
     ResourceHandler(
-        "Encounter", "encounter", 7,
+        "Encounter", "encounter", 8,
         (*_SUBJECT, text("status"), text("class_code"), texts("reason_codings"),
          texts("priority_codings"), when("period_start"), when("period_end")),
         _SUBJECT_RAW),
     ResourceHandler(
-        "Observation", "observation", 8,
+        "Observation", "observation", 9,
         (*_SUBJECT, text("status"), texts("codings"), when("effective_datetime"),
          when("effective_period_start"), when("effective_instant"), when("issued"),
          number("value_quantity"), number("value_integer"), texts("value_codings"),
@@ -163,7 +173,7 @@ HANDLERS: tuple[ResourceHandler, ...] = (
     # Patient-reported outcomes as questionnaire answers (issue 11, item 8); `items` are
     # the top-level items whole, read through mappings/questionnaires.yaml.
     ResourceHandler(
-        "QuestionnaireResponse", "questionnaire_response", 9,
+        "QuestionnaireResponse", "questionnaire_response", 10,
         (*_SUBJECT, text("status"), text("questionnaire"), when("authored"),
          elements("items", "BackboneElement")),
         _SUBJECT_RAW),

@@ -21,7 +21,7 @@ from datetime import date
 from typing import Any
 
 from fhir_spine import questionnaires, values
-from fhir_spine.concepts import Coding, ConceptMap, parse_codings
+from fhir_spine.concepts import Coding, ConceptMap, Match, parse_codings
 from fhir_spine.handlers import in_order
 from fhir_spine.histology_text import read_conclusion
 from fhir_spine.issues import Issue
@@ -33,9 +33,11 @@ from fhir_spine.pathway.model import (
     PathologyReport,
     PatientInput,
     PatientRecord,
+    PatientResult,
     Source,
 )
-from fhir_spine.pathway.time import UnparseableTime, When, parse_when
+from fhir_spine.pathway.time import UnparseableTime, When, day_bounds, parse_when
+from fhir_spine.pathway.timeline import role_of
 from fhir_spine.questionnaires import QuestionnaireMap
 from fhir_spine.settings import PathwaySettings
 
@@ -70,9 +72,9 @@ class CodeTally:
             if c.display:
                 self.displays[key][c.display] += 1
             if group is not None and key not in self.concepts:
-                match = self.concepts_map.lookup(group, c)
-                if match is not None:
-                    self.concepts[key] = match.concept
+                found = self.concepts_map.matches(group, [c])
+                if found:
+                    self.concepts[key] = ";".join(m.concept for m in found)
 
     def counts(self) -> tuple[CodeCount, ...]:
         """An immutable copy, in first-seen order (the `codes` table sorts it)."""
@@ -105,6 +107,30 @@ class Normalised:
     codes: tuple[CodeCount, ...]
     medications: frozenset[str]           # Medication ids that gave a row
     referenced_medications: frozenset[str]  # Medication ids an order refers to
+    # Patients with a year or year-month birthDate: id -> (birthDate as sent, origin)
+    partial_births: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def age_notes(normalised: Normalised, results: Iterable[PatientResult]) -> tuple[Issue, ...]:
+    """An info row per patient whose age came from a partial birthDate: exact when every
+    day it may stand for gives the same age at the index biopsy, else the lower bound
+    (pathway.classify.age_at)."""
+    notes: list[Issue] = []
+    for result in results:
+        partial = normalised.partial_births.get(result.patient_id)
+        if partial is None or result.age_at_biopsy is None:
+            continue
+        raw, origin = partial
+        if result.age_upper_bound is None:
+            message = (f"birthDate {raw!r} is partial; age at the index biopsy "
+                       f"{result.age_at_biopsy} is exact (every possible birth day gives it)")
+        else:
+            message = (f"birthDate {raw!r} is partial; age at the index biopsy is at least "
+                       f"{result.age_at_biopsy} (at most {result.age_upper_bound}): the "
+                       "lower bound is reported")
+        notes.append(Issue("info", "partial-birth-date", message, result.patient_id,
+                           "Patient", result.patient_id, origin))
+    return tuple(notes)
 
 
 def normalise(rows: Mapping[str, Iterable[Row]], concepts: ConceptMap,
@@ -137,6 +163,8 @@ class Normaliser:
     settings: PathwaySettings
     patients: dict[str, PatientRecord] = field(default_factory=dict)
     medications: dict[str, tuple[Coding, ...]] = field(default_factory=dict)
+    medication_ingredients: dict[str, tuple[Coding, ...]] = field(default_factory=dict)
+    partial_births: dict[str, tuple[str, str]] = field(default_factory=dict)  # raw, origin
     referenced_medications: set[str] = field(default_factory=set)
     by_patient: dict[str, PatientBundle] = field(default_factory=lambda: defaultdict(PatientBundle))
     issues: list[Issue] = field(default_factory=list)
@@ -159,7 +187,7 @@ class Normaliser:
             inputs[pid] = inp
         return Normalised(inputs, tuple(self.measurement_rows), tuple(self.issues),
                           self.codes.counts(), frozenset(self.medications),
-                          frozenset(self.referenced_medications))
+                          frozenset(self.referenced_medications), dict(self.partial_births))
 
     # ------------------------------------------------------------------ helpers
     def _issue(self, severity: str, code: str, message: str, row: Row, patient_id: str = "",
@@ -209,48 +237,72 @@ class Normaliser:
 
     # ------------------------------------------------------------------ types
     def patient(self, row: Row) -> None:
+        """Patient -> record. A year or year-month birthDate keeps its range of days, so the
+        age is still known when the dates decide it (pathway.classify.age_at)."""
         pid = str(row["id"])
         birth: date | None = None
+        birth_range: tuple[date, date] | None = None
         when = self._when(row.get("birth_date"), row, pid, "birthDate")
         if when is not None and when.day is not None:
             birth = when.day
+        elif when is not None:
+            birth_range = day_bounds(when)
+            self.partial_births[pid] = (when.raw, str(row.get("_origin") or ""))
         elif row.get("birth_date") in (None, ""):
             self._issue("warning", "no-birth-date", "Patient has no birthDate; age unknown",
                         row, pid)
         gender = str(row.get("gender") or "unknown")
-        self.patients[pid] = PatientRecord(pid, birth, gender if gender in SEXES else "unknown")
+        self.patients[pid] = PatientRecord(pid, birth, gender if gender in SEXES else "unknown",
+                                           birth_range)
 
     def medication(self, row: Row) -> None:
-        self.medications[str(row["id"])] = parse_codings(row.get("codings"))
+        """A Medication resource: its code, and its ingredients' codes (R4 Medication)."""
+        mid = str(row["id"])
+        self.medications[mid] = parse_codings(row.get("codings"))
+        ingredients = parse_codings(row.get("ingredient_codings"))
+        if ingredients:
+            self.medication_ingredients[mid] = ingredients
 
     def procedure(self, row: Row) -> None:
+        """Procedure -> one event per concept its code maps to (ConceptMap.matches).
+
+        Which statuses count depends on the role the concept plays on the pathway
+        (`procedure_statuses_by_role`, PATHWAY.md "Events"): a biopsy or stabilization must
+        be `completed`; a definitive therapy counts once it started, so a radiotherapy
+        course `in-progress` or `stopped` early is a therapy start (mCODE
+        RadiotherapyCourseSummary is `in-progress` until the course ends).
+        """
         pid = self._patient_of(row)
         if pid is None:
             return
         codings = parse_codings(row.get("codings"))
         categories = parse_codings(row.get("category_codings"))
         levels = self._levels(row, "body_site_codings", pid)
-        match = self._procedure_concept(codings, categories, levels)
+        matches = self._procedure_concepts(codings, categories, levels)
         self.codes.add("Procedure", "Procedure.code", codings, pid, "procedure")
         self.codes.add("Procedure", "Procedure.category", categories, pid, "procedure")
-        if match is None:
+        if not matches:
             self._issue("info", "unmapped-code", "Procedure code not mapped to a pathway "
                         f"concept: {_show(codings)}", row, pid, sets_aside=True)
             return
         start_raw = row.get("performed_datetime") or row.get("performed_period_start")
-        start = self._when(start_raw, row, pid, "performed")
         if start_raw in (None, "") and row.get("performed_string"):
             self._issue("warning", "unparseable-date",
                         f"performedString {row['performed_string']!r} is not a date", row, pid)
+            start = None
+        else:
+            start = self._start(row, pid, "performed", start_raw, row.get("performed_period_end"),
+                                _absent_reason(row))
         end = self._when(row.get("performed_period_end"), row, pid, "performedPeriod.end")
         status = str(row.get("status") or "")
-        ok = status in self.settings.procedure_statuses
-        self.by_patient[pid].events.append(ClinicalEvent(
-            match.concept, Source("Procedure", str(row["id"])), start, end, status,
-            countable=ok, status_note="" if ok else f"status {status or '(none)'}",
-            encounter_id=row.get("encounter_ref") or None,
-            part_of=tuple(r for r in row.get("part_of_refs") or () if r),
-            levels=levels, coding=match.coding))
+        for match in matches:
+            ok = status in self.settings.procedure_statuses_for(role_of(match.concept))
+            self.by_patient[pid].events.append(ClinicalEvent(
+                match.concept, Source("Procedure", str(row["id"])), start, end, status,
+                countable=ok, status_note="" if ok else f"status {status or '(none)'}",
+                encounter_id=row.get("encounter_ref") or None,
+                part_of=tuple(r for r in row.get("part_of_refs") or () if r),
+                levels=levels, coding=match.coding))
 
     def procedure_with_profile(self, row: Row) -> None:
         """Procedure rows, with a declared profile that concepts.yaml maps (system
@@ -266,39 +318,107 @@ class Normaliser:
             row = {**row, "category_codings": [*(row.get("category_codings") or ()), *extra]}
         self.procedure(row)
 
-    def _procedure_concept(self, codings: tuple[Coding, ...], categories: tuple[Coding, ...],
-                           levels: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    def _procedure_concepts(self, codings: tuple[Coding, ...], categories: tuple[Coding, ...],
+                            levels: tuple[str, ...]) -> list[Match]:
+        """Procedure.code decides; Procedure.category only when no code maps."""
         for group in (codings, categories):
-            matches = [m for m in self.concepts.all("procedure", group)
+            matches = [m for m in self.concepts.matches("procedure", group)
                        if m.requires != "vertebral-body-site" or levels]
             if matches:
-                order = self.concepts._order("procedure")
-                return min(matches, key=lambda m: order[m.concept])
+                return matches
+        return []
+
+    def _start(self, row: Row, pid: str, what: str, raw: Any, end_raw: Any = None,
+               absent_reason: Any = None) -> When | None:
+        """The start of a pathway event, with a warning row when it has none.
+
+        A start that cannot be placed on a day (partial date, data-absent-reason, a period
+        with only an `end`) keeps the record in `events` unused; the pathway then names the
+        unusable date as the exclusion reason (PATHWAY.md "Events", README decisions).
+        """
+        if raw not in (None, ""):
+            return self._when(raw, row, pid, what)
+        if end_raw not in (None, ""):
+            why = f"has only an end ({end_raw}); its start cannot be placed on a day"
+        elif absent_reason not in (None, ""):
+            why = f"is absent (data-absent-reason {absent_reason})"
+        else:
+            why = "is missing"
+        self._issue("warning", "no-date", f"{row['resource_type']} {what} date {why}", row, pid)
         return None
 
+    def _contained(self, row: Row, reference: Any) -> Row | None:
+        """The view row of a contained resource a `#id` reference points to, or None.
+
+        FHIR R4 "References" 2.3.0.3: a reference starting with `#` points into the
+        referring resource's own `contained` list; the pipeline flattens those resources
+        with their type's view into `row["_contained"]` (see fhir_spine.contained).
+        """
+        if not isinstance(reference, str) or not reference.startswith("#"):
+            return None
+        return (row.get("_contained") or {}).get(reference[1:])
+
+    def _medication_codings(self, row: Row, pid: str) -> tuple[tuple[Coding, ...], str] | None:
+        """The codings that classify the drug of a medication use, and the element they came
+        from; None when the referenced Medication cannot be found (an issue is written).
+
+        `medication[x]` as a CodeableConcept, else the referenced Medication (a resource in
+        the source, or a contained one for `#id`): its `code`, or its ingredients' codes
+        (`Medication.ingredient.itemCodeableConcept`) when the code maps to nothing.
+        """
+        rtype = row["resource_type"]
+        codings = parse_codings(row.get("medication_codings"))
+        raw = row.get("medication_reference")
+        if codings or not (raw or row.get("medication_ref")):
+            return codings, f"{rtype}.medication"
+        contained = self._contained(row, raw)
+        med_codes: tuple[Coding, ...] = ()
+        ingredients: tuple[Coding, ...] = ()
+        if contained is not None:
+            med_codes = parse_codings(contained.get("codings"))
+            ingredients = parse_codings(contained.get("ingredient_codings"))
+        elif row.get("medication_ref") and not str(raw or "").startswith("#"):
+            ref = str(row["medication_ref"])
+            self.referenced_medications.add(ref)
+            med_codes = self.medications.get(ref, ())
+            ingredients = self.medication_ingredients.get(ref, ())
+        if not med_codes and not ingredients:
+            where = "among the resource's contained resources" \
+                if str(raw or "").startswith("#") else "in the source"
+            self._issue("error", "unresolved-medication",
+                        f"medicationReference {raw or row.get('medication_ref')!r} not found "
+                        f"{where}", row, pid, sets_aside=True)
+            return None
+        if ingredients and not self.concepts.matches("medication", med_codes):
+            self.codes.add(rtype, f"{rtype}.medication", med_codes, pid, "medication")
+            return ingredients, "Medication.ingredient"
+        return med_codes, f"{rtype}.medication"
+
     def medication_use(self, row: Row) -> None:
-        """MedicationRequest and MedicationAdministration -> events."""
+        """MedicationRequest, MedicationAdministration and MedicationStatement -> events.
+
+        Start: an order's planned start (`dosageInstruction.timing.repeat.boundsPeriod
+        .start`), else `authoredOn`; an administration's or statement's `effective[x]`.
+        When administrations name their order (`MedicationAdministration.request`), the
+        first of them is the therapy start and the order is not (pathway.timeline,
+        `orders_started_by_administration`). Statuses: per resource type, in settings.
+        """
         pid = self._patient_of(row)
         if pid is None:
             return
         rtype = row["resource_type"]
-        codings = parse_codings(row.get("medication_codings"))
-        if not codings and row.get("medication_ref"):
-            ref = str(row["medication_ref"])
-            self.referenced_medications.add(ref)
-            codings = self.medications.get(ref, ())
-            if not codings:
-                self._issue("error", "unresolved-medication",
-                            f"medicationReference {row.get('medication_reference') or ref!r} "
-                            "not found in the source", row, pid, sets_aside=True)
-                return
-        match = self.concepts.first("medication", codings)
-        self.codes.add(rtype, f"{rtype}.medication", codings, pid, "medication")
-        if match is None:
+        found = self._medication_codings(row, pid)
+        if found is None:
+            return
+        codings, element = found
+        matches = self.concepts.matches("medication", codings)
+        self.codes.add(rtype, element, codings, pid, "medication")
+        if not matches:
             self._issue("info", "unmapped-code", f"{rtype} medication not mapped: "
                         f"{_show(codings)}", row, pid, sets_aside=True)
             return
         status = str(row.get("status") or "")
+        request = None
         if rtype == "MedicationRequest":
             intent = str(row.get("intent") or "")
             start_raw = row.get("bounds_period_start") or row.get("authored_on")
@@ -308,16 +428,22 @@ class Normaliser:
             elif intent not in self.settings.medication_request_intents:
                 note = f"intent {intent or '(none)'}"
             encounter = row.get("encounter_ref")
+            what, end_raw = "authoredOn", None
         else:
+            allowed = self.settings.medication_statement_statuses \
+                if rtype == "MedicationStatement" \
+                else self.settings.medication_administration_statuses
             start_raw = row.get("effective_datetime") or row.get("effective_period_start")
-            note = "" if status in self.settings.medication_administration_statuses \
-                else f"status {status or '(none)'}"
+            note = "" if status in allowed else f"status {status or '(none)'}"
             encounter = row.get("context_ref")
-        start = self._when(start_raw, row, pid, "start")
-        self.by_patient[pid].events.append(ClinicalEvent(
-            match.concept, Source(rtype, str(row["id"])), start, None, status,
-            countable=not note, status_note=note, encounter_id=encounter or None,
-            coding=match.coding))
+            what, end_raw = "effective", row.get("effective_period_end")
+            request = row.get("request_ref") or None
+        start = self._start(row, pid, what, start_raw, end_raw, _absent_reason(row))
+        for match in matches:
+            self.by_patient[pid].events.append(ClinicalEvent(
+                match.concept, Source(rtype, str(row["id"])), start, None, status,
+                countable=not note, status_note=note, encounter_id=encounter or None,
+                coding=match.coding, request_id=request))
 
     def diagnostic_report(self, row: Row) -> None:
         pid = self._patient_of(row)
@@ -460,15 +586,16 @@ class Normaliser:
             for i in range(first_issue, len(self.issues)):
                 self.issues[i] = _set_aside(self.issues[i])
             return
+        first_issue = len(self.issues)
         effective = self._when(row.get("effective_datetime") or row.get("effective_period_start")
                                or row.get("effective_instant") or row.get("issued"),
                                row, pid, "effective")
         if effective is None or not effective.is_day_precise:
-            if effective is None and not _any(row, "effective_datetime", "effective_period_start",
-                                              "effective_instant", "issued"):
-                self._issue("warning", "no-date", f"{shown} observation has no "
+            if len(self.issues) == first_issue:  # _when said nothing: absent or not a string
+                self._issue("warning", "no-date", f"{shown} observation has no usable "
                             "effective time", row, pid)
-            self.issues[-1] = _set_aside(self.issues[-1])
+            for i in range(first_issue, len(self.issues)):  # the row that says why
+                self.issues[i] = _set_aside(self.issues[i])
             return
         for concept, value in found.items():
             m = Measurement(concept, value, effective, Source("Observation", str(row["id"])))
@@ -570,8 +697,17 @@ class Normaliser:
         return found
 
 
-def _any(row: Row, *columns: str) -> bool:
-    return any(row.get(c) not in (None, "") for c in columns)
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+
+
+def _absent_reason(row: Row) -> str | None:
+    """The data-absent-reason code on the row's date element (view column
+    `date_extensions`, 'url|valueCode'), or None."""
+    for ext in row.get("date_extensions") or ():
+        url, _, code = str(ext).partition("|")
+        if url == DATA_ABSENT_REASON:
+            return code or "(no code)"
+    return None
 
 
 def _set_aside(issue: Issue) -> Issue:

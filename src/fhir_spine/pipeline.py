@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from fhir_spine.contained import contained_rows
 from fhir_spine.errors import ConfigError
 from fhir_spine.handlers import REGISTRY, view_rows
 from fhir_spine.issues import Issue
-from fhir_spine.normalise import CodeCount, Measurement, Normalised, normalise
+from fhir_spine.normalise import CodeCount, Measurement, Normalised, age_notes, normalise
 from fhir_spine.pathway.classify import reconstruct
 from fhir_spine.pathway.model import PatientInput, PatientResult
 from fhir_spine.settings import Mappings
@@ -122,7 +123,8 @@ def extract(
     counts, pending = _account(reader, normalised, results)
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
-        normalised.issues, normalised.codes, normalised.measurements,
+        normalised.issues + age_notes(normalised, results), normalised.codes,
+        normalised.measurements,
         MappingProxyType(dict(reader.read_by_type)), counts, MappingProxyType(pending),
         normalised.referenced_medications)
 
@@ -195,6 +197,9 @@ class _Reader:
             return
         last_updated = str((resource.get("meta") or {}).get("lastUpdated") or "")
         rows = [{**r, "_origin": item.origin, "_last_updated": last_updated} for r in rows]
+        if resource.get("contained"):  # `#id` references resolve against these
+            inner = contained_rows(resource, self.views)
+            rows = [{**r, "_contained": inner} for r in rows]
         previous = self.rows[rtype].get(rid)
         if previous is not None:
             keep, drop = (rows, previous) if last_updated >= previous[0]["_last_updated"] \

@@ -65,12 +65,15 @@ PATIENTS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)"),
     Column("included", "bool", "in the analytic cohort", "true, false"),
     Column("exclusion_reasons", "string", "`;`-joined exclusion reason codes, empty when "
-           "included", "; ".join(EXCLUSION_REASONS)),
+           "included (`*-date-unusable`: the record exists but its date cannot be placed "
+           "on a day)", "; ".join(EXCLUSION_REASONS)),
     Column("strategy", "string", "single-stage or staged; empty when not classifiable",
            ", ".join(STRATEGIES)),
     Column("strategy_basis", "string", "evidence that decided the strategy",
            "same-encounter, part-of, time-window, separate-session"),
-    Column("age_at_biopsy", "int", "age in whole years at the index biopsy"),
+    Column("age_at_biopsy", "int", "age in whole years at the index biopsy; from a "
+           "year or year-month birthDate the lower bound when the dates leave it open (an "
+           "info row `partial-birth-date` says which)"),
     Column("sex", "string", "Patient.gender", "female, male, other, unknown"),
     Column("index_biopsy_date", "date", "first completed percutaneous vertebral biopsy"),
     Column("stabilization_date", "date", "pathway stabilization (pedicle screw-rod fixation)"),
@@ -78,7 +81,11 @@ PATIENTS = [
     Column("histology_basis", "string", "what the biopsy histology was read from: the "
            "report's conclusionCode, its narrative conclusion (site text rule), or a neoplasm "
            "Condition when no conclusion could be read", "coded, narrative, condition"),
-    Column("therapy_start_date", "date", "definitive therapy start"),
+    Column("therapy_start_date", "date", "definitive therapy start: the first systemic "
+           "therapy, radiotherapy or oncologic surgery after the index biopsy that started "
+           "(a course in progress or stopped early did); a drug starts at its first "
+           "administration, else the order's planned start (boundsPeriod.start), else "
+           "authoredOn; a MedicationStatement at effective[x]"),
     Column("therapy_modalities", "string", "`;`-joined modalities starting within the first "
            "therapy window", "systemic; radiotherapy; surgery"),
     Column("days_biopsy_to_therapy", "int", "primary outcome: days index biopsy -> "
@@ -142,7 +149,8 @@ ISSUES = [
     Column("resource_type", "string", "FHIR resource type, when known"),
     Column("resource_id", "string", "FHIR logical id, when known"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
-           "unparseable-date, partial-date, unmapped-code, invalid-resource"),
+           "unparseable-date, partial-date, no-date, partial-birth-date, unmapped-code, "
+           "unresolved-medication, invalid-resource"),
     Column("message", "string", "one-line description"),
     Column("origin", "string", "where it was read: file:line, bundle entry or URL"),
     Column("set_aside", "bool", "the resource was not used because of this", "true, false"),
@@ -156,7 +164,8 @@ CODES = [
     Column("display", "string", "first display seen"),
     Column("resources", "int", "resources carrying this code"),
     Column("patients", "int", "patients with such a resource"),
-    Column("concept", "string", "pathway concept it mapped to; empty when unmapped"),
+    Column("concept", "string", "pathway concept it mapped to (`;`-joined when the code is "
+           "listed under several); empty when unmapped"),
 ]
 
 TABLES: dict[str, list[Column]] = {

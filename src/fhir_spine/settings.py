@@ -44,6 +44,8 @@ def _package_folder(name: str) -> Path:
 
 DEFAULT_MAPPINGS = _package_folder("mappings")
 DEMO_COHORT = _package_folder("demo")
+# The roles a procedure concept plays on the pathway (pathway.timeline.role_of).
+PROCEDURE_ROLES = ("biopsy", "stabilization", "definitive-therapy", "revision", "decompression")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,15 @@ class PathwaySettings:
         }
     )
     procedure_statuses: frozenset[str] = frozenset({"completed"})
+    # Per role of the procedure's concept (pathway.timeline.role_of); other roles use
+    # `procedure_statuses`. A definitive therapy counts once it started.
+    procedure_statuses_by_role: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "biopsy": ("completed",),
+            "stabilization": ("completed",),
+            "definitive-therapy": ("completed", "in-progress", "stopped"),
+        }
+    )
     report_statuses: frozenset[str] = frozenset({"final", "amended", "corrected", "appended"})
     observation_statuses: frozenset[str] = frozenset(
         {"final", "amended", "corrected", "preliminary"}
@@ -75,7 +86,10 @@ class PathwaySettings:
     medication_request_intents: frozenset[str] = frozenset(
         {"order", "original-order", "reflex-order", "filler-order", "instance-order", "plan"}
     )
-    medication_administration_statuses: frozenset[str] = frozenset({"completed", "in-progress"})
+    medication_administration_statuses: frozenset[str] = frozenset(
+        {"completed", "in-progress", "stopped"})
+    medication_statement_statuses: frozenset[str] = frozenset(
+        {"active", "completed", "stopped", "on-hold"})
     condition_verification_excluded: frozenset[str] = frozenset({"entered-in-error", "refuted"})
     readmission_encounter_classes: frozenset[str] = frozenset({"IMP", "EMER", "ACUTE"})
     questionnaire_response_statuses: frozenset[str] = frozenset({"completed", "amended"})
@@ -98,6 +112,11 @@ class PathwaySettings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def procedure_statuses_for(self, role: str) -> frozenset[str]:
+        """Procedure statuses that count for a concept of this role (PATHWAY.md "Events")."""
+        listed = self.procedure_statuses_by_role.get(role)
+        return frozenset(listed) if listed is not None else self.procedure_statuses
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> PathwaySettings:
@@ -127,6 +146,10 @@ class PathwaySettings:
             except (TypeError, ValueError, AttributeError) as exc:
                 raise ConfigError(f"settings.yaml: {key}: {exc}") from None
         settings = cls(**kwargs)
+        unknown_roles = sorted(set(settings.procedure_statuses_by_role) - set(PROCEDURE_ROLES))
+        if unknown_roles:
+            raise ConfigError(f"settings.yaml: procedure_statuses_by_role: unknown role(s) "
+                              f"{', '.join(unknown_roles)}; expected {', '.join(PROCEDURE_ROLES)}")
         try:
             settings.tz  # noqa: B018 - validate early, with a clear message
         except (ZoneInfoNotFoundError, ValueError):

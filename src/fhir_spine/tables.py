@@ -23,6 +23,7 @@ from fhir_spine.pathway.model import (
     ConditionRecord,
     EncounterRecord,
     PathologyReport,
+    PatientInput,
     PatientResult,
 )
 
@@ -126,6 +127,17 @@ def _event_details(record: Any) -> dict[str, Any]:
     return {}
 
 
+def _decided_records(inp: PatientInput, result: PatientResult) -> list[ClinicalEvent | None]:
+    """The record behind each decision, in order: `decide` explains every event first, one
+    decision each, so a resource with several concepts (one event per concept) shows each
+    concept on its own `events` row."""
+    events, count = list(inp.events), len(result.decisions)
+    if count < len(events) or any(
+            d.source != e.source for d, e in zip(result.decisions, events, strict=False)):
+        return [None] * count
+    return [*events, *([None] * (count - len(events)))]
+
+
 @dataclass(frozen=True)
 class Rows:
     """The row-table records of one computation, before the table rules."""
@@ -147,8 +159,9 @@ def rows_of(extraction: Extraction) -> Rows:
         inp = extraction.inputs[result.patient_id]
         records = {r.source.key: r for group in (inp.events, inp.reports, inp.conditions,
                                                    inp.encounters) for r in group}
-        for d in result.decisions:
-            details = _event_details(records.get(d.source.key))
+        for d, record in zip(result.decisions, _decided_records(inp, result), strict=True):
+            details = _event_details(record if record is not None
+                                     else records.get(d.source.key))
             coding = details.pop("coding", None)
             events.append({
                 "patient_id": result.patient_id, "event_type": d.event_type,

@@ -101,12 +101,12 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     for c in checks:
         params = ", ".join(f"{k} {v}" for k, v in c.params.items())
         search = "yes" if c.searchable else ("NO" if c.declared else "ABSENT")
-        optional = c.resource_type in OPTIONAL_TYPES
-        ok = c.declared and c.searchable and "NO" not in c.params.values()
-        out(f"{c.resource_type:<26} {search:<7} {params}"
-            + ("  (optional: pulled only when offered)" if optional and not ok else ""))
-        if optional:
+        if c.resource_type in OPTIONAL_TYPES:
+            offered = c.declared and c.searchable and "NO" not in c.params.values()
+            out(f"{c.resource_type:<26} {search:<7} "
+                + (params if offered else "optional: not read from this server"))
             continue
+        out(f"{c.resource_type:<26} {search:<7} {params}")
         if not c.declared:
             problems.append(f"{c.resource_type} (not in the CapabilityStatement)")
         elif not c.searchable:

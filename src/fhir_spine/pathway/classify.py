@@ -13,6 +13,7 @@ from fhir_spine.pathway.model import (
     DatedMeasurement,
     Measurement,
     PatientInput,
+    PatientRecord,
     PatientResult,
     PlacedEvent,
     is_dated,
@@ -20,7 +21,10 @@ from fhir_spine.pathway.model import (
 )
 from fhir_spine.pathway.time import OnDay, days_between
 from fhir_spine.pathway.timeline import (
+    BIOPSY,
     NEOPLASTIC_FINDINGS,
+    STABILIZATION,
+    THERAPY_MODALITY,
     DiagnosisFinding,
     StabilizationFinding,
     TherapyFinding,
@@ -29,6 +33,7 @@ from fhir_spine.pathway.timeline import (
     find_definitive_therapy,
     find_diagnosis,
     find_stabilization,
+    undated,
 )
 from fhir_spine.pathway.vocabulary import (
     BASELINE_MEASURES,
@@ -43,6 +48,22 @@ from fhir_spine.settings import PathwaySettings
 
 def age_in_years(birth: date, on: date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+def age_at(patient: PatientRecord, on: date) -> tuple[int | None, int | None]:
+    """(age, upper bound) in whole years on a day; the upper bound only when undecided.
+
+    A year-only or year-month birthDate (FHIR R4 `date` keeps its precision) gives the age
+    when every day it may stand for gives the same age; otherwise the lower bound (the
+    youngest the patient can be), with the oldest possible age as the upper bound.
+    """
+    if patient.birth_date is not None:
+        return age_in_years(patient.birth_date, on), None
+    if patient.birth_range is None:
+        return None, None
+    earliest, latest = patient.birth_range
+    low, high = age_in_years(latest, on), age_in_years(earliest, on)
+    return low, (high if high != low else None)
 
 
 def is_cervical(levels: Sequence[str], prefixes: Sequence[str]) -> bool:
@@ -100,7 +121,8 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
     gap = settings.same_session_gap_hours
     biopsies = find_biopsies(inp.events, gap)
     if biopsies.index is None:
-        result.exclusion_reasons = ["no-index-biopsy"]
+        result.exclusion_reasons = ["biopsy-date-unusable" if undated(inp.events, BIOPSY)
+                                    else "no-index-biopsy"]
         result.decisions = decide(inp, result, Landmarks(biopsies))
         return result
 
@@ -110,8 +132,7 @@ def reconstruct(inp: PatientInput, settings: PathwaySettings) -> PatientResult:
         lv for c in inp.conditions if c.countable and c.finding in NEOPLASTIC_FINDINGS
         for lv in c.levels
     }
-    if inp.patient.birth_date is not None:
-        result.age_at_biopsy = age_in_years(inp.patient.birth_date, index.start.day)
+    result.age_at_biopsy, result.age_upper_bound = age_at(inp.patient, index.start.day)
 
     stab = find_stabilization(index, inp.events, gap)
     diagnosis = find_diagnosis(index, inp.reports, inp.conditions)
@@ -225,10 +246,14 @@ def _exclusions(
         reasons.add("histology-not-neoplastic")
     elif diagnosis.histology is None:
         reasons.add("histology-unconfirmed")
+    # A record whose date cannot be placed on a day names that date, not a missing event.
     if stab.event is None:
-        reasons.add("no-stabilization")
+        reasons.add("stabilization-date-unusable" if undated(inp.events, STABILIZATION)
+                    else "no-stabilization")
     if therapy.first is None:
-        reasons.add("no-definitive-therapy")
+        reasons.add("therapy-date-unusable"
+                    if undated(inp.events, THERAPY_MODALITY, index.start)
+                    else "no-definitive-therapy")
     for measure, timepoints in settings.required_measures.items():
         for tp in timepoints:
             if tp == "at-diagnosis" and result.diagnosis_available_date is None:

@@ -71,7 +71,8 @@ def event_decision(e: ClinicalEvent, result: PatientResult, marks: Landmarks) ->
     if not e.countable:
         return said(False, e.status_note)
     if not is_placed(e):
-        return said(False, f"date {e.start.raw if e.start else '(none)'} is not a calendar day")
+        return said(False, f"date {e.start.raw} is not a calendar day" if e.start
+                    else "no start date" + (f" (ends {e.end.raw})" if e.end else ""))
     if index is None:
         return said(False, "no index biopsy")
     before_index = not after(e.start, index.start)
@@ -87,6 +88,11 @@ def event_decision(e: ClinicalEvent, result: PatientResult, marks: Landmarks) ->
         return said(False, "before the index biopsy, not the same session" if before_index
                     else "later stabilization (not the first)")
     if e.concept in THERAPY_MODALITY:
+        given = marks.therapy.started_by.get(e.source.resource_id) \
+            if e.source.resource_type == "MedicationRequest" else None
+        if given is not None:
+            return said(False, "started by its administration "
+                        f"MedicationAdministration/{given.source.resource_id}")
         if e in marks.therapy.within_window:
             return said(True, "definitive therapy start" if e is marks.therapy.first
                         else "within the first therapy window")

@@ -37,7 +37,9 @@ class Source:
 
 @dataclass(frozen=True)
 class ClinicalEvent(Generic[T]):
-    """A Procedure, MedicationRequest or MedicationAdministration tagged with a concept."""
+    """A Procedure or medication use (MedicationRequest, MedicationAdministration,
+    MedicationStatement) tagged with one concept; a resource whose code maps to several
+    concepts (combined chemoradiation) gives one event per concept."""
 
     concept: str
     source: Source
@@ -50,6 +52,7 @@ class ClinicalEvent(Generic[T]):
     part_of: tuple[str, ...] = ()
     levels: tuple[str, ...] = ()  # vertebral levels from bodySite, e.g. ("T9", "T10")
     coding: Coding | None = None
+    request_id: str | None = None  # the order an administration carries out (.request)
 
     @property
     def placed(self) -> bool:
@@ -129,6 +132,7 @@ class PatientRecord:
     patient_id: str
     birth_date: date | None
     sex: str
+    birth_range: tuple[date, date] | None = None  # year/month-only birthDate: first, last day
 
 
 @dataclass
@@ -159,6 +163,7 @@ class PatientResult:
     strategy: Strategy | None = None
     strategy_basis: str | None = None
     age_at_biopsy: int | None = None
+    age_upper_bound: int | None = None  # set when a partial birthDate leaves the age open
     sex: str = "unknown"
     index_biopsy_date: date | None = None
     stabilization_date: date | None = None

@@ -123,6 +123,20 @@ def _offset(text: str, raw: str) -> tzinfo:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
+def day_bounds(when: When) -> tuple[date, date]:
+    """Earliest and latest calendar day a value can stand for: one day when it has one; the
+    whole month or year of a partial date (FHIR R4 "date": precision is kept, not filled)."""
+    if when.day is not None:
+        return when.day, when.day
+    year = int(when.raw.strip()[:4])
+    if when.precision == "year":
+        return date(year, 1, 1), date(year, 12, 31)
+    month = int(when.raw.strip()[5:7])
+    first = date(year, month, 1)
+    following = date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
+    return first, following - timedelta(days=1)
+
+
 def days_between(start: OnDay, end: OnDay) -> int:
     """Whole calendar days from `start` to `end` on the site calendar."""
     return (end.day - start.day).days

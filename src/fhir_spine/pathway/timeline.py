@@ -7,7 +7,8 @@ rule can be tested alone.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 from fhir_spine.pathway.model import (
     ClinicalEvent,
@@ -18,7 +19,7 @@ from fhir_spine.pathway.model import (
     is_issued,
     is_placed,
 )
-from fhir_spine.pathway.time import OnDay, hours_apart
+from fhir_spine.pathway.time import OnDay, day_bounds, hours_apart
 from fhir_spine.pathway.vocabulary import TUMOUR_FINDINGS, Strategy
 
 BIOPSY = "vertebral-biopsy"
@@ -35,6 +36,16 @@ MODALITY_ORDER = ("systemic", "radiotherapy", "surgery")
 NEOPLASTIC_FINDINGS = frozenset({"secondary-malignancy", *TUMOUR_FINDINGS})
 NON_NEOPLASTIC = "histology-non-neoplastic"
 INSUFFICIENT = "histology-insufficient"
+
+
+def role_of(concept: str) -> str:
+    """The role a concept plays on the pathway (PATHWAY.md "Events"); it decides which
+    Procedure statuses count (settings `procedure_statuses_by_role`)."""
+    if concept == BIOPSY:
+        return "biopsy"
+    if concept in THERAPY_MODALITY:
+        return "definitive-therapy"
+    return concept
 
 
 def usable(events: Iterable[ClinicalEvent], concept: str | Iterable[str]) -> list[PlacedEvent]:
@@ -168,19 +179,76 @@ class TherapyFinding:
     first: PlacedEvent | None
     modalities: tuple[str, ...] = ()
     within_window: tuple[PlacedEvent, ...] = ()
+    started_by: dict[str, PlacedEvent] = field(default_factory=dict)  # order id -> admin
+
+
+def orders_started_by_administration(
+    events: Sequence[ClinicalEvent],
+) -> dict[str, PlacedEvent]:
+    """Order id -> its first administration that was given and sits on a day.
+
+    PATHWAY.md "Definitive therapy start" in FHIR terms: a drug therapy starts at its first
+    administration when there is one (`MedicationAdministration.request` names the order),
+    else at the order's planned start (`boundsPeriod.start`), else at `authoredOn`.
+    """
+    first: dict[str, PlacedEvent] = {}
+    for e in events:
+        if not is_placed(e) or e.source.resource_type != "MedicationAdministration" \
+                or not e.request_id or not e.countable:
+            continue
+        seen = first.get(e.request_id)
+        if seen is None or e.start.sort_key() < seen.start.sort_key():
+            first[e.request_id] = e
+    return first
 
 
 def find_definitive_therapy(
     index: PlacedEvent, events: Sequence[ClinicalEvent], window_days: int
 ) -> TherapyFinding:
     """First definitive therapy after the index biopsy, and every modality starting
-    within `window_days` of it."""
-    after_index = [e for e in usable(events, THERAPY_MODALITY) if after(e.start, index.start)]
+    within `window_days` of it. An order carried out by administrations is represented
+    by them (`orders_started_by_administration`)."""
+    started_by = orders_started_by_administration(events)
+    after_index = [
+        e for e in usable(events, THERAPY_MODALITY)
+        if after(e.start, index.start)
+        and not (e.source.resource_type == "MedicationRequest"
+                 and e.source.resource_id in started_by)
+    ]
     if not after_index:
-        return TherapyFinding(None)
+        return TherapyFinding(None, started_by=started_by)
     first = after_index[0]
     window = tuple(
         e for e in after_index if (e.start.day - first.start.day).days <= window_days
     )
     present = {THERAPY_MODALITY[e.concept] for e in window}
-    return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window)
+    return TherapyFinding(first, tuple(m for m in MODALITY_ORDER if m in present), window,
+                          started_by)
+
+
+def undated(events: Iterable[ClinicalEvent], concept: str | Iterable[str],
+            not_before: OnDay | None = None) -> list[ClinicalEvent]:
+    """Countable events of a concept whose start cannot be placed on a day (partial date,
+    data-absent-reason, a period with only an end, no date) and that could lie on or after
+    `not_before`. Such a record means the date is unusable, not that the event is missing
+    (README "Decisions": the exclusion reason names the unusable date)."""
+    concepts = {concept} if isinstance(concept, str) else set(concept)
+    found = []
+    for e in events:
+        if e.concept not in concepts or not e.countable or is_placed(e):
+            continue
+        if not_before is not None:
+            latest = _latest_day(e)
+            if latest is not None and latest < not_before.day:
+                continue
+        found.append(e)
+    return found
+
+
+def _latest_day(e: ClinicalEvent) -> date | None:
+    """The latest day an unplaced event can have started, or None when nothing says."""
+    if e.start is not None:
+        return day_bounds(e.start)[1]
+    if e.end is not None:
+        return e.end.day  # None for a partial end: nothing says
+    return None

@@ -16,8 +16,11 @@ from typing import Final, Literal, TypeAlias, get_args
 
 # ------------------------------------------------------------------ exclusion reasons
 
+# `*-date-unusable`: the record exists but its date cannot be placed on a day (partial
+# date, data-absent-reason, a period with only an end), so the event is not missing.
 ExclusionReason: TypeAlias = Literal[
     "no-index-biopsy",
+    "biopsy-date-unusable",
     "under-18",
     "cervical",
     "decompression",
@@ -25,13 +28,19 @@ ExclusionReason: TypeAlias = Literal[
     "histology-not-neoplastic",
     "histology-unconfirmed",
     "no-stabilization",
+    "stabilization-date-unusable",
     "no-definitive-therapy",
+    "therapy-date-unusable",
     "missing-outcome-measures",
 ]
 # patients.exclusion_reasons lists a patient's reasons in exactly this order.
 EXCLUSION_REASONS: Final[tuple[ExclusionReason, ...]] = get_args(ExclusionReason)
+# The reasons that name an unusable date rather than a missing record.
+DATE_EXCLUSION_REASONS: Final[tuple[ExclusionReason, ...]] = tuple(
+    r for r in EXCLUSION_REASONS if r.endswith("-date-unusable"))
 EXCLUSION_LABELS: Final[dict[ExclusionReason, str]] = {
     "no-index-biopsy": "no index vertebral biopsy",
+    "biopsy-date-unusable": "biopsy date not on a calendar day",
     "under-18": "under 18 at the index biopsy",
     "cervical": "cervical index lesion",
     "decompression": "decompression for cord compression / deficit",
@@ -39,7 +48,9 @@ EXCLUSION_LABELS: Final[dict[ExclusionReason, str]] = {
     "histology-not-neoplastic": "histology not neoplastic",
     "histology-unconfirmed": "histology never confirmed",
     "no-stabilization": "no stabilization recorded",
+    "stabilization-date-unusable": "stabilization date not on a calendar day",
     "no-definitive-therapy": "no definitive therapy recorded",
+    "therapy-date-unusable": "therapy start not on a calendar day",
     "missing-outcome-measures": "missing outcome measures",
 }
 

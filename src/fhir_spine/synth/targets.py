@@ -20,7 +20,10 @@ MIN_EXCLUDED_FOR_ALL_REASONS = 20  # from this size on, every exclusion reason a
 
 # Profile order: patients.exclusion_reasons lists reasons in exactly this order. The
 # names are the pathway's (one vocabulary); which patient has which reason is synth's own.
-EXCLUSION_REASONS: tuple[str, ...] = vocabulary.EXCLUSION_REASONS
+# The generator places every record it makes on a day, so it never produces the reasons
+# that name an unusable date (`*-date-unusable`); those are tested on their own.
+EXCLUSION_REASONS: tuple[str, ...] = tuple(
+    r for r in vocabulary.EXCLUSION_REASONS if r not in vocabulary.DATE_EXCLUSION_REASONS)
 # Who gets the excluded patients beyond an even split (35 = 3 x 10 + these 5 first).
 EXTRA_EXCLUSION_ORDER: tuple[str, ...] = (
     "no-stabilization",

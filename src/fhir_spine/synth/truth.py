@@ -49,7 +49,9 @@ class Rules:
     medication_request_statuses: tuple[str, ...] = ("active", "completed", "on-hold", "stopped")
     medication_request_intents: tuple[str, ...] = (
         "order", "original-order", "reflex-order", "filler-order", "instance-order", "plan")
-    medication_administration_statuses: tuple[str, ...] = ("completed", "in-progress")
+    medication_administration_statuses: tuple[str, ...] = ("completed", "in-progress", "stopped")
+    # procedure_statuses_by_role["definitive-therapy"]: a therapy counts once it started
+    therapy_procedure_statuses: tuple[str, ...] = ("completed", "in-progress", "stopped")
     condition_verification_excluded: tuple[str, ...] = ("entered-in-error", "refuted")
     readmission_encounter_classes: tuple[str, ...] = ("IMP", "EMER", "ACUTE")
     urgent_priorities: tuple[str, ...] = ("EM", "UR", "S")
@@ -176,16 +178,22 @@ def _diagnosis(plan: PatientPlan, facts: Facts, rules: Rules) -> None:
 
 def _therapy(plan: PatientPlan, facts: Facts, rules: Rules) -> None:
     events: list[tuple[When, str, str]] = []
+    # an order given by administrations starts at its first administration, not its own date
+    administered = {adm.request for adm in plan.administrations
+                    if adm.request and adm.status in rules.medication_administration_statuses
+                    and _placed(adm.when)}
     for med in plan.medications:
         if (DRUGS[med.drug].role == "systemic" and med.status in rules.medication_request_statuses
-                and med.intent in rules.medication_request_intents):
+                and med.intent in rules.medication_request_intents
+                and med.key not in administered):
             events.append((med.start or med.authored, "systemic", med.key))
     for adm in plan.administrations:
         if (DRUGS[adm.drug].role == "systemic"
                 and adm.status in rules.medication_administration_statuses):
             events.append((adm.when, "systemic", adm.key))
     for kind, modality in _THERAPY_PROCEDURES.items():
-        events.extend((p.start, modality, p.key) for p in completed(plan, kind, rules))
+        events.extend((p.start, modality, p.key) for p in plan.procedures
+                      if p.kind == kind and p.status in rules.therapy_procedure_statuses)
     index_day = facts.index_day
     assert index_day is not None  # noqa: S101 - analyse() checked
     events = sorted(
