@@ -43,7 +43,7 @@ def report(issued: str, finding: str | None = "tumour-solid-metastasis", *,
 
 def condition(finding: str, levels=(), onset: str | None = None) -> ConditionRecord:
     return ConditionRecord(Source("Condition", f"c-{next(_counter)}"), finding, tuple(levels),
-                           when(onset) if onset else None, has_body_site=bool(levels))
+                           when(onset) if onset else None)
 
 
 def encounter(rid: str, start: str, *, class_code: str = "IMP", urgent: bool = False,

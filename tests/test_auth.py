@@ -22,11 +22,10 @@ from fhir_spine.auth import (
     BasicAuth,
     BearerAuth,
     SmartBackendAuth,
-    add_auth_options,
-    auth_from_args,
     build_client_assertion,
     load_private_key,
 )
+from fhir_spine.cli.auth_options import add_auth_options, auth_from_args
 from fhir_spine.errors import AuthError, ExitCode, ServerError, UsageError
 from fhir_spine.redact import (
     RedactingFilter,

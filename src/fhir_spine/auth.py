@@ -4,8 +4,9 @@ SMART Backend Services (OAuth 2 client credentials with a signed JWT client asse
 Secrets come only from environment variables or files. A value given on the command line
 shows in `ps` and in shell history for every user of the machine, so the options that
 would take one (`--password`, `--token`, `--client-secret`) exist only to refuse it with
-a pointer to the safe way. Every secret loaded is registered with `redact` so it cannot
-come back out through a log line or an error message.
+a pointer to the safe way (the options are `cli/auth_options.py`'s). Every secret loaded
+is registered with `redact` so it cannot come back out through a log line or an error
+message.
 
 PyJWT and cryptography are imported where a key is used, not at start-up: every
 `fhir-spine` command registers these options, few sign anything.
@@ -13,7 +14,6 @@ PyJWT and cryptography are imported where a key is used, not at start-up: every
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -353,60 +353,32 @@ def read_secret_file(path: Path, option: str) -> str:
     return text
 
 
-# ------------------------------------------------------------------- command line
+@dataclass(frozen=True)
+class AuthSettings:
+    """What the user asked for (`cli/auth_options.py` fills it from the options); the
+    environment fills in what is missing here, in `resolve_auth`."""
 
-class _RefuseSecret(argparse.Action):
-    """Stops a secret given on the command line, without echoing it back."""
-
-    def __init__(self, option_strings: list[str], dest: str, safe: str = "",
-                 **kwargs: Any) -> None:
-        self.safe = safe
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        parser.error(f"{option_string} is not accepted: a secret on the command line shows "
-                     f"in process lists and shell history; use {self.safe}")
-
-
-def add_auth_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "authentication", "Secrets are read from environment variables or files only "
-        f"(${ENV_PASSWORD}, ${ENV_TOKEN}, --token-file, --private-key). See docs/server.md.")
-    g.add_argument("--auth", choices=["auto", "none", "basic", "bearer", "smart"],
-                   default="auto", help="auto (default): smart with --client-id and a key, "
-                   f"bearer with ${ENV_TOKEN} or --token-file, basic with ${ENV_PASSWORD}, "
-                   "else none")
-    g.add_argument("--username", help=f"HTTP basic user (or ${ENV_USERNAME}); the password "
-                   f"from ${ENV_PASSWORD} or --password-file")
-    g.add_argument("--password-file", type=Path, help="file holding the HTTP basic password")
-    g.add_argument("--token-file", type=Path,
-                   help=f"file holding a bearer token (or ${ENV_TOKEN}); re-read after a 401")
-    g.add_argument("--client-id", help=f"SMART backend services client id (or ${ENV_CLIENT_ID})")
-    g.add_argument("--private-key", type=Path, metavar="FILE",
-                   help="SMART signing key: PEM (RSA >= 2048 bits, or EC P-384) or JWK(S); "
-                   f"or ${ENV_PRIVATE_KEY_FILE}; passphrase from ${ENV_PRIVATE_KEY_PASSWORD}")
-    g.add_argument("--key-id", help="JWT `kid` (default: the key's RFC 7638 thumbprint)")
-    g.add_argument("--scope", help=f"SMART scopes (default {DEFAULT_SCOPE!r}, or ${ENV_SCOPE})")
-    g.add_argument("--token-url", help="token endpoint, when the server does not publish "
-                   ".well-known/smart-configuration")
-    for option, safe in (("--password", f"${ENV_PASSWORD} or --password-file"),
-                         ("--token", f"${ENV_TOKEN} or --token-file"),
-                         ("--client-secret", "--private-key (SMART asymmetric auth)")):
-        g.add_argument(option, action=_RefuseSecret, safe=safe, help=argparse.SUPPRESS,
-                       dest=f"refused_{option.strip('-').replace('-', '_')}")
+    kind: str = "auto"                # auto, none, basic, bearer, smart
+    username: str | None = None
+    password_file: Path | None = None
+    token_file: Path | None = None
+    client_id: str | None = None
+    private_key: Path | None = None
+    key_id: str | None = None
+    scope: str | None = None
+    token_url: str | None = None
 
 
-def auth_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Auth:
-    """Build the Auth the options and environment ask for; refuse half-given settings."""
+def resolve_auth(settings: AuthSettings, env: Mapping[str, str] | None = None) -> Auth:
+    """Build the Auth the settings and environment ask for; refuse half-given settings."""
     env = os.environ if env is None else env
-    kind = getattr(args, "auth", "auto") or "auto"
-    username = getattr(args, "username", None) or env.get(ENV_USERNAME)
-    client_id = getattr(args, "client_id", None) or env.get(ENV_CLIENT_ID)
-    key_file = getattr(args, "private_key", None) or (
+    kind = settings.kind or "auto"
+    username = settings.username or env.get(ENV_USERNAME)
+    client_id = settings.client_id or env.get(ENV_CLIENT_ID)
+    key_file = settings.private_key or (
         Path(env[ENV_PRIVATE_KEY_FILE]) if env.get(ENV_PRIVATE_KEY_FILE) else None)
-    token_file = getattr(args, "token_file", None)
-    password_file = getattr(args, "password_file", None)
+    token_file = settings.token_file
+    password_file = settings.password_file
     has_key = key_file is not None or bool(env.get(ENV_PRIVATE_KEY))
 
     if kind == "auto":
@@ -460,7 +432,7 @@ def auth_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     key, algorithm, jwk_kid = load_private_key(data, env.get(ENV_PRIVATE_KEY_PASSWORD))
     return SmartBackendAuth(
         client_id=client_id, private_key=key, algorithm=algorithm,
-        key_id=getattr(args, "key_id", None) or env.get(ENV_KEY_ID) or jwk_kid,
-        scope=getattr(args, "scope", None) or env.get(ENV_SCOPE) or DEFAULT_SCOPE,
-        token_url=getattr(args, "token_url", None) or env.get(ENV_TOKEN_URL) or None,
+        key_id=settings.key_id or env.get(ENV_KEY_ID) or jwk_kid,
+        scope=settings.scope or env.get(ENV_SCOPE) or DEFAULT_SCOPE,
+        token_url=settings.token_url or env.get(ENV_TOKEN_URL) or None,
     )

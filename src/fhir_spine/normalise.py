@@ -514,7 +514,7 @@ class Normaliser:
         self.by_patient[pid].conditions.append(ConditionRecord(
             Source("Condition", str(row["id"])), finding.concept, levels, onset,
             countable=not bad, status_note=f"verificationStatus {sorted(bad)[0]}" if bad else "",
-            coding=finding.coding, has_body_site=bool(row.get("body_site_codings"))))
+            coding=finding.coding))
 
     def encounter(self, row: Row) -> None:
         pid = self._patient_of(row)

@@ -3,7 +3,7 @@
 Credentials reach fhir-spine through environment variables and files only, but they can
 still leak back out through a logged URL (`https://user:pass@host`, `?access_token=`), a
 logged header, an exception message that echoes a server's reply, or a manifest. Every
-URL or header that is logged, raised or written goes through this module first, and
+URL that is logged, raised or written goes through this module first, and
 every secret value the tool loads is registered here so a logging filter can scrub it
 from any record, whoever emitted it.
 """
@@ -29,10 +29,6 @@ SENSITIVE_PARAMS = frozenset({
     "access_token", "token", "id_token", "refresh_token", "client_secret",
     "client_assertion", "password", "passwd", "pwd", "secret", "api_key", "apikey",
     "key", "sig", "signature", "assertion", "auth", "authorization",
-})
-SENSITIVE_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
-    "x-auth-token",
 })
 
 _lock = threading.Lock()
@@ -233,18 +229,6 @@ def redact_url(url: str) -> str:
             query = urlencode([(k, MASK if k.lower() in SENSITIVE_PARAMS else v)
                                for k, v in pairs], safe="|,:/*")
     return scrub(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `headers` fit for a debug log: credential headers keep only their scheme."""
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if name.lower() in SENSITIVE_HEADERS:
-            scheme = str(value).split(" ", 1)[0] if " " in str(value) else ""
-            out[name] = f"{scheme} {MASK}".strip()
-        else:
-            out[name] = scrub(str(value))
-    return out
 
 
 def redact_params(params: Iterable[tuple[str, str]]) -> list[list[str]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fhir_spine.auth import add_auth_options
+from fhir_spine.cli.auth_options import add_auth_options
 from fhir_spine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
 
 def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
     """The HTTP client of `--server` and the connection and authentication options."""
-    from fhir_spine.auth import auth_from_args
+    from fhir_spine.cli.auth_options import auth_from_args
     from fhir_spine.redact import install_log_redaction
     from fhir_spine.sources.http import FhirClient, HttpSettings
 

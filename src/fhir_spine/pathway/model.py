@@ -97,7 +97,6 @@ class ConditionRecord:
     countable: bool = True
     status_note: str = ""
     coding: Coding | None = None
-    has_body_site: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,6 @@ class Change:
     kind: str                 # added | updated | deleted
     old_unit: str | None
     new_unit: str | None
-    old_medication: str | None = None
-    new_medication: str | None = None
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -169,16 +167,16 @@ class RawStore:
             "last_updated, hash, origin, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*key, unit, medication, version, updated, digest, origin, orjson.dumps(resource)))
         if old is None:
-            return Change(key, "added", None, unit, None, medication)
-        return Change(key, "updated", old[0], unit, old[1], medication)
+            return Change(key, "added", None, unit)
+        return Change(key, "updated", old[0], unit)
 
     def delete(self, key: Key) -> Change | None:
-        old = self.db.execute("SELECT unit, medication FROM resources WHERE type = ? AND "
-                              "id = ?", key).fetchone()
+        old = self.db.execute("SELECT unit FROM resources WHERE type = ? AND id = ?",
+                              key).fetchone()
         if old is None:
             return None
         self.db.execute("DELETE FROM resources WHERE type = ? AND id = ?", key)
-        return Change(key, "deleted", old[0], None, old[1], None)
+        return Change(key, "deleted", old[0], None)
 
     def delete_unit(self, unit: str) -> list[Change]:
         keys = [tuple(r) for r in self.db.execute(

@@ -27,6 +27,10 @@ Why this module exists rather than calling ``fhirpathpy.evaluate`` directly:
 Values handed back to callers are plain JSON-like Python values: interpreter
 ``Decimal`` results become ``float`` (raw JSON numbers are passed through
 untouched), FHIRPath date/time objects become their ISO strings.
+
+Why it stays one long module (~800 lines): the fast path is only correct while it
+mirrors this module's interpreter set-up, functions and value conversion step by step;
+kept side by side, a change to one is seen next to the other.
 """
 
 from __future__ import annotations

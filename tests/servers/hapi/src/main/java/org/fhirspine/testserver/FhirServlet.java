@@ -7,6 +7,7 @@ import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
+import ca.uhn.fhir.jpa.provider.ValueSetOperationProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.RestfulServer;
@@ -17,8 +18,10 @@ import org.springframework.beans.factory.annotation.Qualifier;
 
 /**
  * The FHIR REST endpoint: HAPI's {@link RestfulServer} with the JPA resource providers, the
- * system provider (transaction/batch, $meta, ...), a JPA capability statement, paging backed
- * by the database and the Bulk Data export provider.
+ * system provider (transaction/batch, $meta, ...), the ValueSet terminology operations
+ * ($expand, $validate-code), a JPA capability statement, paging backed by the database and
+ * the Bulk Data export provider. (CodeSystem $lookup, $subsumes and $validate-code come with
+ * the CodeSystem resource provider itself.)
  */
 public class FhirServlet extends RestfulServer {
 
@@ -53,6 +56,9 @@ public class FhirServlet extends RestfulServer {
 	@Autowired
 	private BulkDataExportProvider myBulkDataExportProvider;
 
+	@Autowired
+	private ValueSetOperationProvider myValueSetOperationProvider;
+
 	@Override
 	protected void initialize() {
 		setFhirContext(myFhirContext);
@@ -60,6 +66,7 @@ public class FhirServlet extends RestfulServer {
 
 		registerProviders(myResourceProviderFactory.createProviders());
 		registerProvider(mySystemProvider);
+		registerProvider(myValueSetOperationProvider);
 		registerProvider(myBulkDataExportProvider);
 
 		myPagingProvider.setDefaultPageSize(DEFAULT_PAGE_SIZE);

@@ -10,14 +10,15 @@ import ca.uhn.fhir.jpa.batch2.JpaBatch2Config;
 import ca.uhn.fhir.jpa.config.HapiJpaConfig;
 import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
-import ca.uhn.fhir.jpa.dao.IFulltextSearchSvc;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.search.HapiHSearchAnalysisConfigurers;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
 import jakarta.annotation.PostConstruct;
 import jakarta.persistence.EntityManagerFactory;
 import org.apache.commons.dbcp2.BasicDataSource;
+import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.springframework.beans.factory.annotation.Autowired;
 import org.springframework.beans.factory.annotation.Value;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
@@ -37,12 +38,17 @@ import java.util.Properties;
  * the host application to supply (data source, entity manager factory, transaction manager,
  * storage/partition/subscription settings) and the Batch2 job framework with HAPI's job
  * definitions (among them Bulk Data export).
+ *
+ * <p>Hibernate Search runs with a Lucene backend whose indexes live in the JVM heap
+ * ({@code local-heap}): HAPI's terminology service needs it for {@code CodeSystem/$subsumes}
+ * and for {@code ValueSet/$expand} / {@code $validate-code} with filters such as
+ * {@code concept is-a X}. The indexes are as ephemeral as the H2 database.
  */
 @Configuration
 @EnableTransactionManagement
 @Import({
 	JpaR4Config.class,
-	HapiJpaServerConfig.NoFulltextHapiJpaConfig.class,
+	HapiJpaConfig.class,
 	HapiJpaServerConfig.FastBatch2Maintenance.class,
 	JpaBatch2Config.class,
 	Batch2JobsConfig.class,
@@ -74,7 +80,29 @@ public class HapiJpaServerConfig {
 		settings.setExpungeEnabled(true);
 		settings.setDeleteExpungeEnabled(true);
 		settings.setAllowMultipleDelete(true);
+		// Terminology, deterministic for tests: store the concepts of a CodeSystem in the same
+		// transaction as the CodeSystem however many there are (HAPI defers code systems of more
+		// than 100 concepts to a background job that runs every few seconds), and never
+		// pre-expand ValueSets in the background (a scheduled task, every 10 minutes by default):
+		// $expand and $validate-code always expand from the stored concepts at request time.
+		settings.setDeferIndexingForCodesystemsOfSize(Integer.MAX_VALUE);
+		settings.setEnableTaskPreExpandValueSets(false);
+		// ValueSet/$validate-code on a ValueSet that is not pre-expanded validates in memory
+		// against the CodeSystem resource the validation support chain finds first. By default
+		// that is HAPI's built-in stub for well-known systems (http://snomed.info/sct has
+		// content = not-present, so filters fail with HAPI-2646); stored resources go first here.
+		settings.setAllowDatabaseValidationOverride(true);
 		return settings;
+	}
+
+	/**
+	 * No caching in the validation support chain (HAPI caches fetched CodeSystems / ValueSets
+	 * and code validations for 10 minutes and does not invalidate on a CodeSystem PUT): an
+	 * answer must reflect the terminology stored so far, whatever was asked before.
+	 */
+	@Bean
+	public ValidationSupportChain.CacheConfiguration validationSupportChainCacheConfiguration() {
+		return ValidationSupportChain.CacheConfiguration.disabled();
 	}
 
 	@Bean
@@ -118,8 +146,18 @@ public class HapiJpaServerConfig {
 		props.put("hibernate.cache.use_second_level_cache", "false");
 		props.put("hibernate.cache.use_structured_entries", "false");
 		props.put("hibernate.cache.use_minimal_puts", "false");
-		// No full-text indexing: plain SQL search only.
-		props.put("hibernate.search.enabled", "false");
+		// Hibernate Search with Lucene indexes in the heap: the terminology service searches the
+		// concepts of stored CodeSystems with it (is-a / descendant-of filters, $subsumes).
+		// Resource searches stay plain SQL (HAPI's full-text / advanced indexing stay off).
+		props.put("hibernate.search.enabled", "true");
+		props.put("hibernate.search.backend.type", "lucene");
+		props.put("hibernate.search.backend.directory.type", "local-heap");
+		props.put("hibernate.search.backend.lucene_version", "LATEST");
+		props.put("hibernate.search.backend.analysis.configurer",
+				HapiHSearchAnalysisConfigurers.HapiLuceneAnalysisConfigurer.class.getName());
+		// A write returns only once its index changes are visible to searches, so a test may
+		// query a CodeSystem right after its PUT.
+		props.put("hibernate.search.indexing.plan.synchronization.strategy", "read-sync");
 		factory.setJpaProperties(props);
 		return factory;
 	}
@@ -130,19 +168,6 @@ public class HapiJpaServerConfig {
 		JpaTransactionManager tm = new JpaTransactionManager();
 		tm.setEntityManagerFactory(theEntityManagerFactory);
 		return tm;
-	}
-
-	/**
-	 * HAPI's own JPA server beans (database-backed paging provider, stale search cleanup, ...),
-	 * less the full-text search service: Hibernate Search is disabled.
-	 */
-	@Configuration
-	public static class NoFulltextHapiJpaConfig extends HapiJpaConfig {
-		@Override
-		@Bean
-		public IFulltextSearchSvc fullTextSearchSvc() {
-			return null;
-		}
 	}
 
 	/** Runs Batch2 maintenance often so that an $export finishes within seconds. */
