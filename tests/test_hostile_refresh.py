@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,10 +27,10 @@ except ModuleNotFoundError:  # tests/ imported as a package
 
 def refresh(server: HostileServer, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_SPINE_")}
-    return subprocess.run([sys.executable, "-m", "fhir_spine.cli.main", *extra, "refresh",
+    return subprocess.run([sys.executable, "-m", "fhir_spine.cli.main", "refresh",
                            "--server", server.base, "--out", str(out), "--timeout", "5",
-                           "--retry-time", "0"], capture_output=True, text=True, env=env,
-                          timeout=180, check=False)
+                           "--retry-time", "0", *extra], capture_output=True, text=True,
+                          env=env, timeout=180, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,43 @@ def test_state_json_of_the_wrong_shape_is_exit_9(content, words, server, copy):
     assert_state_error(refresh(server, copy), copy, before, words)
 
 
+@pytest.mark.parametrize(("breakage", "words"), [
+    ("DELETE FROM resources", "rows were deleted"),
+    ("DELETE FROM resources WHERE unit > 'p010'", "rows were deleted"),
+    ("DROP TABLE units", "rows were deleted"),
+    ("DROP TABLE meta", "no run record"),
+    ("DELETE FROM meta", "no run record"),
+])
+def test_an_emptied_or_truncated_store_is_exit_9(breakage, words, server, copy):
+    before = snapshot(copy)
+    db = sqlite3.connect(store(copy))
+    db.execute(breakage)
+    db.commit()
+    db.close()
+    assert_state_error(refresh(server, copy), copy, before, words)
+
+
+def test_a_deleted_store_is_exit_9(server, copy):
+    before = snapshot(copy)
+    for path in store(copy).parent.glob("store.sqlite*"):
+        path.unlink()
+    assert_state_error(refresh(server, copy), copy, before, "no run record")
+
+
+def test_a_corrupt_page_is_exit_9_before_anything_is_published(server, copy):
+    before = snapshot(copy)
+    path = store(copy)
+    size = path.stat().st_size
+    assert size > 64 * 4096
+    with path.open("r+b") as handle:  # garbage over a run of pages in the middle
+        handle.seek((size // 2) // 4096 * 4096)
+        handle.write(os.urandom(16 * 4096))
+    started = time.monotonic()
+    proc = refresh(server, copy)
+    assert_state_error(proc, copy, before, "raw store")
+    assert time.monotonic() - started < 120
+
+
 def test_debug_keeps_an_internal_error_at_70(tmp_path):
     script = ("import sys\n"
               "from fhir_spine.cli import synth\n"
@@ -117,3 +156,17 @@ def test_debug_keeps_an_internal_error_at_70(tmp_path):
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 70, (extra, proc.stderr[-2000:])
         assert proc.stderr.rstrip().splitlines()[-1].startswith("fhir-spine: internal error:")
+
+
+def test_full_rebuilds_a_damaged_store(server, copy, template):
+    path = store(copy)
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek((size // 2) // 4096 * 4096)
+        handle.write(os.urandom(16 * 4096))
+    proc = refresh(server, copy, "--full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "damaged" in proc.stderr
+    expected = (template / "out" / "patients.csv").read_bytes()
+    assert (copy / "patients.csv").read_bytes() == expected
+    assert refresh(server, copy).returncode == 0  # and the next run goes on from it
