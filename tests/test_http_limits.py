@@ -87,3 +87,22 @@ def test_deadline_ends_dripping_headers_in_time():
             client.fetch_json("metadata")
         assert time.monotonic() - started < 5
         client.close()
+
+
+def test_manifest_urls_resolve_against_the_base_and_are_checked():
+    from fhir_spine.sources.bulk.status import manifest_files
+
+    client = FhirClient("https://ehr.example.org/fhir")
+    manifest = {"transactionTime": "2025-01-01T00:00:00Z", "output": [
+        {"type": "Patient", "url": "files/1.ndjson"},
+        {"type": "Patient", "url": "/files/2.ndjson"},
+        {"type": "Patient", "url": "https://ehr.example.org/fhir/files/3.ndjson"}]}
+    urls = [f.url for f in manifest_files(client, manifest, "GET status")]
+    assert urls == ["https://ehr.example.org/fhir/files/1.ndjson",
+                    "https://ehr.example.org/fhir/files/2.ndjson",
+                    "https://ehr.example.org/fhir/files/3.ndjson"]
+    for bad in ("file:///etc/passwd", "javascript:alert(1)", "http://[::1", 7, ""):
+        with pytest.raises(ServerError):
+            manifest_files(client, {**manifest, "output": [{"type": "P", "url": bad}]},
+                           "GET status")
+    client.close()

@@ -67,7 +67,8 @@ def kick_off(client: FhirClient, request: BulkRequest) -> tuple[str, str]:
     location = response.headers.get("Content-Location", "").strip()
     if not location:
         raise ServerError(f"{shown}: 202 without a Content-Location status URL")
-    return url, checked_link(location, url, shown, "Content-Location status URL")
+    return url, checked_link(_resolved(client, location), url, shown,
+                             "Content-Location status URL")
 
 
 def poll(client: FhirClient, status_url: str, *, timeout: float,
@@ -133,7 +134,8 @@ def manifest_files(client: FhirClient, manifest: dict[str, Any], shown: str
             count = entry.get("count")
             files.append(FileState(kind, checked_name(entry.get("type"), shown,
                                                       f"manifest `{kind}` type"),
-                                   checked_link(entry["url"], client.base_url + "/", shown,
+                                   checked_link(_resolved(client, entry["url"]),
+                                                client.base_url + "/", shown,
                                                 f"manifest `{kind}` url"),
                                    count if isinstance(count, int) else None))
     log.info("export complete (transactionTime %s): %d output, %d error, %d deleted "
@@ -171,3 +173,14 @@ def _is_transient(response: requests.Response) -> bool:
         return False
     return isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" and any(
         isinstance(i, dict) and i.get("code") == "transient" for i in body.get("issue") or [])
+
+
+def _resolved(client: FhirClient, link: object) -> object:
+    """A server's link as `client.url` reads it (a relative one against the base URL);
+    anything that is not a clean string is left for `checked_link` to refuse."""
+    if isinstance(link, str) and link.strip() and not any(c.isspace() for c in link):
+        try:
+            return client.url(link)
+        except ValueError:
+            return link
+    return link
