@@ -78,7 +78,12 @@ def test_rerun_replaces_the_output_whole(tmp_path):
     src = _bad_folder(tmp_path)
     out = tmp_path / "out"
     main(["extract", "--source", str(src), "--out", str(out)])
-    (out / "stale.txt").write_text("from before")
+    (out / "patients.csv").write_text("stale")
     main(["extract", "--source", str(src), "--out", str(out)])
-    assert not (out / "stale.txt").exists()
+    assert (out / "patients.csv").read_text() != "stale"
+    # issue 14 changes this: a file a dataset does not hold is no longer deleted with
+    # the old dataset; the folder is refused (exit 2) and left as it is
+    (out / "stale.txt").write_text("from before")
+    assert main(["extract", "--source", str(src), "--out", str(out)]) == 2
+    assert (out / "stale.txt").read_text() == "from before"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from fhir_spine.cli.main import build_parser, main
@@ -50,7 +52,11 @@ def test_extract_pseudonymise_without_key_is_a_usage_error(tmp_path, monkeypatch
 
 
 
-def test_json_log_format_keeps_one_plain_error_line(tmp_path, capsys):
+def test_json_log_format_ends_with_the_error_as_a_json_event(tmp_path, capsys):
+    # issue 14 changes this: under --log-format json the one error line is the final JSON
+    # event (its message is the line text mode prints), not a plain line
     assert main(["--log-format", "json", "extract", "--source", str(tmp_path / "nope")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines[-1].startswith("fhir-spine: error: ") and "does not exist" in lines[-1]
+    last = json.loads(lines[-1])
+    assert last["message"].startswith("fhir-spine: error: ") and "does not exist" in last["error"]
+    assert (last["event"], last["exit_code"]) == ("extract.failed", 2)

@@ -11,6 +11,7 @@ untouched, and that "another host" was never asked anything.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,9 +42,18 @@ class Run:
         self.out = out
 
     @property
+    def lines(self) -> list[str]:
+        """stderr's lines; with --log-format json, each event's `message`."""
+        out = []
+        for line in self.stderr.decode("utf-8", "replace").splitlines():
+            if line.startswith("{"):
+                line = json.loads(line).get("message", "")
+            out.append(line)
+        return out
+
+    @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.decode("utf-8", "replace").splitlines()
-                if line.startswith("fhir-spine: error:")
+        return [line for line in self.lines if line.startswith("fhir-spine: error:")
                 or line.startswith("fhir-spine: internal error:")]
 
     def text(self) -> str:
@@ -63,7 +73,8 @@ def previous(tmp_path: Path) -> Path:
     """An already published dataset in --out (a manifest and a table)."""
     out = tmp_path / "out"
     out.mkdir(mode=0o700)
-    (out / "manifest.json").write_text('{"schema_version": 1, "previous": true}\n')
+    (out / "manifest.json").write_text(
+        '{"tool": "fhir-spine", "schema_version": 1, "rows": {"patients": 1}}\n')
     (out / "patients.csv").write_text("patient_id\np001\n")
     return out
 
@@ -86,7 +97,7 @@ def fhir_spine(*args: str, fmt: str = "text", token: str = TOKEN) -> Run:
 def extract(server: HostileServer, out: Path, *extra: str, fmt: str = "text",
             bulk: bool = False) -> Run:
     args = ["extract", "--server", server.base, "--out", str(out), "--timeout", "5",
-            "--retry-time", "0", "--workers", "1", "--page-size", "5"]
+            "--retry-time", "0", "--workers", "1", "--page-size", "5", "--allow-empty"]
     if bulk:
         args += ["--bulk", "system", "--bulk-dir", str(out.parent / "job")]
     return fhir_spine(*args, *extra, fmt=fmt)
@@ -106,7 +117,7 @@ def assert_failed(run: Run, status: int, words: str, before: dict[str, bytes],
     no secret, within `seconds`."""
     assert run.rc == status, run.text()[-3000:]
     assert len(run.error_lines) == 1, run.text()[-3000:]
-    assert run.stderr.decode().rstrip().splitlines()[-1] == run.error_lines[0]
+    assert run.lines[-1] == run.error_lines[0]
     assert words in run.error_lines[0], run.error_lines[0]
     assert run.debug or "Traceback" not in run.text()
     assert snapshot(run.out) == before, "the previous dataset changed"

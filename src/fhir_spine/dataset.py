@@ -13,6 +13,9 @@ drift apart:
    aside`, or with a resource neither used nor set aside, is never published
    (`AccountingError`, exit 70, naming the count and the first resources concerned).
 3. `manifest(...)`: the manifest of either command, with the same keys.
+4. `deidentified(...)`: with `--pseudonymise`, the tables and the manifest by the rule
+   every column and field declares (`schema.py`, `pseudonymise.Deidentifier`), and the
+   mapping back to real origins for the state folder.
 
 A part is plain data (`to_json` / `from_json`), so refresh keeps unchanged patients'
 parts in its store and the published tables are those a fresh extract would write.
@@ -24,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +37,9 @@ from fhir_spine.normalise import CodeCount
 from fhir_spine.pipeline import Accounting, Extraction, unreferenced_medications
 from fhir_spine.settings import Mappings
 from fhir_spine.tables import Rows, Tables, issue_row, rows_of, to_tables
+
+if TYPE_CHECKING:
+    from fhir_spine.pseudonymise import DeidOptions
 
 # Bump when the stored form of a part changes: refresh then recomputes every part.
 PART_FORMAT = 2
@@ -186,10 +192,27 @@ def manifest(dataset: Dataset, mappings: Mappings, *, validation: str,
     }
 
 
+def deidentified(tables: Tables, meta: Mapping[str, Any], options: DeidOptions | None,
+                 mappings: Mappings | None, *,
+                 extra_ids: Mapping[str, Iterable[str]] | None = None,
+                 ) -> tuple[Tables, dict[str, Any], dict[str, Any] | None]:
+    """What `extract` and `refresh` publish: the tables and manifest as they are, or, with
+    `options` (`--pseudonymise`), every column and manifest field by its declared
+    de-identification rule, plus the mapping back (None without `options`).
+    `extra_ids` are ids the run asked for that may be in no table (`--patients`)."""
+    if options is None:
+        return tables, dict(meta), None
+    from fhir_spine.pseudonymise import Deidentifier
+
+    deid = Deidentifier(options, mappings, extra_ids=extra_ids)
+    out = deid.tables(tables)
+    return out, deid.manifest(meta), deid.origin_map()
+
+
 def issue_counts(tables: Tables) -> dict[str, int]:
     """Issues per severity: the exit status is 1 when there is an `error`."""
     return {str(k): int(v) for k, v in tables.issues["severity"].value_counts().items()}
 
 
 __all__ = ["AccountingError", "Dataset", "Part", "build_dataset",
-           "check_accounting", "issue_counts", "manifest", "part_of"]
+           "check_accounting", "deidentified", "issue_counts", "manifest", "part_of"]

@@ -23,6 +23,8 @@ class ExitCode(IntEnum):
     INCOMPLETE = 8           # pull could not be completed; nothing published
     INTERNAL = 70            # a bug: please report with --debug output
     STATE = 9                # refresh state folder unusable (corrupt, other server): --full
+    EMPTY = 10               # nothing read or no patient screened: nothing published
+    SHRINK = 11              # far fewer patients than the published dataset: not published
 
 
 class SpineError(Exception):
@@ -75,3 +77,15 @@ class IncompletePull(SpineError):
     """The server would not give every result of a search even in the smallest window."""
 
     exit_code = ExitCode.INCOMPLETE
+
+
+class EmptyResult(SpineError):
+    """The run read nothing or screened no patient; publishing it would blank a dataset."""
+
+    exit_code = ExitCode.EMPTY
+
+
+class ShrinkRefused(SpineError):
+    """The new dataset screens far fewer patients than the one it would replace."""
+
+    exit_code = ExitCode.SHRINK

@@ -15,18 +15,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from fhir_spine import schema
-from fhir_spine.errors import UsageError
+from fhir_spine.errors import EmptyResult, ShrinkRefused, UsageError
 from fhir_spine.redact import scrub_frame, scrub_json
 from fhir_spine.tables import Tables
 
 MANIFEST = "manifest.json"
+REPORT_DIR = "report"
 _RENAME_EXCHANGE = 2
 
 
@@ -53,25 +56,168 @@ def write_dataset(tables: Tables, manifest: dict[str, Any], folder: Path, *,
 
 
 def check_target(target: Path) -> None:
-    """Refuse to replace a folder that is not a fhir-spine output (a user's files)."""
-    if target.exists():
-        if not target.is_dir():
-            raise UsageError(f"--out {target} exists and is not a folder")
-        if any(target.iterdir()) and not (target / MANIFEST).is_file():
-            raise UsageError(f"--out {target} is not empty and holds no {MANIFEST}; "
-                             "refusing to replace it")
+    """Refuse to replace a folder that is not a fhir-spine dataset (a user's files).
+
+    Replacing deletes the folder, so it must prove what it is: its `manifest.json` names
+    the tool and a schema version, and it holds nothing a dataset does not (the tables
+    the manifest lists, the codebook, `report/`). An empty folder is fine."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise UsageError(f"--out {target} exists and is not a folder; choose a new folder")
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return
+    manifest = _read_manifest(target)
+    if manifest is None or manifest.get("tool") != "fhir-spine" \
+            or not isinstance(manifest.get("schema_version"), int):
+        raise UsageError(f"--out {target} is not a fhir-spine dataset (no {MANIFEST} naming "
+                         "fhir-spine and a schema version); refusing to replace it: choose "
+                         "an empty or new folder")
+    foreign = [name for name in entries if name not in dataset_entries(manifest)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                          if len(foreign) > 3 else "")
+        raise UsageError(f"--out {target} holds files a fhir-spine dataset does not "
+                         f"({shown}); refusing to replace it: move them or choose another "
+                         "folder")
 
 
-def publish(target: Path, build: Callable[[Path], None]) -> None:
-    """Run `build(tmp_folder)` and swap the result in at `target`."""
+def dataset_entries(manifest: dict[str, Any]) -> set[str]:
+    """Names a published dataset folder may hold, by what its manifest says it wrote."""
+    rows = manifest.get("rows")
+    tables = set(rows) if isinstance(rows, dict) else set()
+    tables.add("codebook")
+    names = {MANIFEST, REPORT_DIR}
+    for table in tables:
+        names.update({f"{table}.parquet", f"{table}.csv"})
+    return names
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_apart(out: Path, **others: Path | None) -> None:
+    """Refuse an `--out` that equals, contains or lies inside a folder the run reads or
+    keeps (the source, a Bulk job folder, the refresh state): replacing `--out` would
+    delete it, or the next run would read its own output."""
+    mine = out.absolute().resolve()
+    for label, other in others.items():
+        if other is None:
+            continue
+        theirs = other.absolute().resolve()
+        name = "--" + label.replace("_", "-")
+        if mine == theirs or theirs.is_relative_to(mine):
+            raise UsageError(f"--out {out} would replace {name} {other}, which it holds; "
+                             "choose an --out outside it")
+        if mine.is_relative_to(theirs):
+            raise UsageError(f"--out {out} lies inside {name} {other}; choose an --out "
+                             "outside it (the next run would read its own output)")
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    """What a publish must check and add, set by the command line for the whole run (the
+    refresh publishes from deep inside its run, so this travels in a context variable)."""
+
+    allow_empty: bool = False
+    allow_shrink: bool = True      # only scheduled runs (refresh) guard against shrinking
+    min_share: float = 0.5         # of the published dataset's screened patients
+    report: bool = False           # regenerate report/ inside the new dataset
+    warnings: tuple[str, ...] = ()  # added to the new manifest's `warnings`
+
+
+_policy: ContextVar[PublishPolicy | None] = ContextVar("publish_policy", default=None)
+
+
+@contextlib.contextmanager
+def publish_policy(policy: PublishPolicy) -> Iterator[None]:
+    token = _policy.set(policy)
+    try:
+        yield
+    finally:
+        _policy.reset(token)
+
+
+def guard(staging: Path, target: Path, policy: PublishPolicy) -> None:
+    """Refuse to publish a blank dataset, or one far smaller than the one it replaces."""
+    new = _read_manifest(staging) or {}
+    screened = int((new.get("rows") or {}).get("patients", 0))
+    read = (new.get("accounting") or {}).get("read")
+    if not policy.allow_empty and (screened == 0 or read == 0):
+        what = "no resource was read (no FHIR files, or a cohort search that matched " \
+            "nothing)" if read == 0 else "no patient was screened"
+        raise EmptyResult(f"{what}; nothing published, {target} left as it was (check the "
+                          "source or the index-procedure codes with `fhir-spine check`; "
+                          "--allow-empty publishes an empty dataset)")
+    old = _read_manifest(target) if target.is_dir() else None
+    before = int((old or {}).get("rows", {}).get("patients", 0) or 0)
+    if not policy.allow_shrink and before and screened < policy.min_share * before:
+        raise ShrinkRefused(f"{screened} patients screened, {before} in the published "
+                            f"dataset (below {policy.min_share:.0%}); nothing published, "
+                            f"{target} left as it was (--allow-shrink publishes it)")
+
+
+def annotate(staging: Path, policy: PublishPolicy) -> None:
+    """Add the run's publish-time warnings to the new manifest."""
+    if not policy.warnings:
+        return
+    manifest = _read_manifest(staging) or {}
+    manifest["warnings"] = [*manifest.get("warnings", []), *policy.warnings]
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def build_report(staging: Path, target: Path) -> None:
+    """Write report/ inside the new dataset, so it is swapped in with it (named after
+    `target`, where it will be read, not the staging folder)."""
+    from dataclasses import replace
+
+    from fhir_spine.report.build import write_report
+    from fhir_spine.report.data import load_cohort
+
+    write_report(replace(load_cohort(staging), source=target), staging / REPORT_DIR)
+
+
+def check_report_target(target: Path) -> None:
+    """Refuse to replace a folder that is not a fhir-spine report (the report's own
+    `manifest.json` says so and lists every file it wrote)."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise UsageError(f"{target} exists and is not a folder; choose a new report folder")
+    entries = {p.name for p in target.iterdir()}
+    if not entries:
+        return
+    manifest = _read_manifest(target) or {}
+    listed = {str(f).split("/", 1)[0] for f in manifest.get("files", [])}
+    if manifest.get("kind") != "fhir-spine report" or not entries <= listed | {MANIFEST}:
+        raise UsageError(f"{target} is not a fhir-spine report folder (or holds other "
+                         "files); refusing to replace it: choose an empty or new folder")
+
+
+def publish(target: Path, build: Callable[[Path], None], *, kind: str = "dataset") -> None:
+    """Run `build(tmp_folder)` and swap the result in at `target`: a dataset (guarded by
+    the run's `PublishPolicy`) or a report (`kind="report"`)."""
     target = target.absolute()
-    check_target(target)
+    dataset = kind == "dataset"
+    (check_target if dataset else check_report_target)(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     old_umask = os.umask(0o077)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
         try:
             build(staging)
+            if dataset:
+                policy = _policy.get() or PublishPolicy()
+                guard(staging, target, policy)
+                annotate(staging, policy)
+                if policy.report:
+                    build_report(staging, target)
             _swap_in(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 
 @contextmanager
 def counter(label: str, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
-    if quiet or not sys.stderr.isatty():
+    from fhir_spine.logs import json_mode
+
+    if quiet or json_mode() or not sys.stderr.isatty():
         yield lambda n: None
         return
     from rich.progress import (

@@ -189,11 +189,21 @@ def _read_yaml(path: Path, files: list[MappingFile]) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(yaml_error_text(path, exc)) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     return doc
+
+
+def yaml_error_text(path: Path, exc: yaml.YAMLError) -> str:
+    """`file:line:column: not valid YAML: problem` (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return (f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+            + "; fix the file at that line (indentation and `key: value` pairs)")
 
 
 def load_mappings(

@@ -7,7 +7,8 @@ and the run must either
 
 * complete with the same exit status and `patients`, `events` and `observations` tables
   equal to the reference (sorted rows; these tables have no origin column), or
-* stop with a non-zero exit status and exactly one clear line `fhir-spine: error: ...`,
+* stop with a non-zero exit status and exactly one clear error, `fhir-spine: error: ...`
+  (with `--log-format json`, as here, the message of the final `extract.failed` event),
   leaving the previous output folder byte-for-byte intact (or absent when there was none)
   and no staging folder behind.
 
@@ -332,7 +333,9 @@ def test_fault(case: Case, runs, reference, matrix):
     assert parent is not None
     context = f"\n--- stderr ---\n{run.stderr[-3000:]}\n--- proxy ---\n{run.proxy_log[-3000:]}"
     completed = run.status in (0, 1)
-    error_lines = [line for line in run.plain_stderr if line.startswith("fhir-spine:")]
+    # the one error line is the final JSON event's message (issue 14: no plain line)
+    error_lines = [e["message"] for e in run.logs
+                   if str(e.get("event", "")).endswith(".failed")]
     diff = differences(run.out, reference.out) if completed else []
     if completed and not diff and run.status == reference.status:
         outcome = "completed, tables equal to the fault-free run"
@@ -374,8 +377,8 @@ def test_fault(case: Case, runs, reference, matrix):
         assert "fail" in case.expect, f"expected completion, got exit {run.status}{context}"
         if case.exit_code is not None:
             assert run.status == case.exit_code, context
-        # exactly one line, the error, and nothing else outside the JSON log
-        assert len(run.plain_stderr) == 1 and len(error_lines) == 1, context
+        # exactly one error event, and nothing outside the JSON log
+        assert not run.plain_stderr and len(error_lines) == 1, context
         assert error_lines[0].startswith("fhir-spine: error: "), context
         assert case.message in error_lines[0], context
         # no new or partial dataset: the earlier one intact, or still nothing

@@ -122,9 +122,13 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     out(f"index codes   {len(tokens)} codes of concept {INDEX_CONCEPT!r}:")
     for token in tokens:
         out(f"                {token}")
+    found_none = False
     try:
         count = _count_candidates(client, tokens)
         out(f"search        Procedure?code=<index codes>: {count}")
+        found_none = count in ("0 matching procedures", "no matching procedure")
+        if found_none:
+            _no_candidates(client, out)
     except ServerError as exc:
         reason = str(exc)
         if reason.startswith("GET "):  # the long URL is the search shown just above
@@ -134,8 +138,48 @@ def _check(client: FhirClient, mappings: Any, out: Any) -> int:
     out("")
     if problems:
         raise ServerError("the server lacks what extract --server needs: " + "; ".join(problems))
-    out("result        ok: the server offers everything extract --server needs")
+    if found_none:
+        out("result        WARNING: the server offers what extract --server needs, but the "
+            "cohort search found no procedure: extract would publish nothing (exit 10)")
+    else:
+        out("result        ok: the server offers everything extract --server needs")
+    from fhir_spine.summary import note
+
+    note(problems=0, cohort_search_empty=found_none)
     return int(ExitCode.OK)
+
+
+SAMPLE = 200  # Procedures read to show what the server calls its procedures
+
+
+def _no_candidates(client: FhirClient, out: Any) -> None:
+    """The cohort search found nothing: warn, and show the server's most frequent
+    Procedure codes in one bounded page, so a site sees what to map."""
+    import logging
+    from collections import Counter
+
+    logging.getLogger(__name__).warning(
+        "the cohort search (Procedure?code=<index codes>) found no procedure; add the "
+        "site's biopsy codes to concepts.yaml (--mappings) before extracting")
+    try:
+        bundle = client.fetch_json("Procedure", params=[("_count", str(SAMPLE)),
+                                                        ("_elements", "code")])
+    except ServerError as exc:
+        out(f"sample        could not read Procedures: {exc}")
+        return
+    codes: Counter[tuple[str, str, str]] = Counter()
+    entries = [e.get("resource") or {} for e in bundle.get("entry") or []]
+    for resource in entries:
+        for coding in (resource.get("code") or {}).get("coding") or []:
+            codes[(str(coding.get("system") or ""), str(coding.get("code") or ""),
+                   str(coding.get("display") or ""))] += 1
+    if not codes:
+        out(f"sample        no Procedure codes in {len(entries)} Procedure(s) read")
+        return
+    out(f"sample        most frequent Procedure codes in {len(entries)} read (map the "
+        "biopsy ones to 'vertebral-biopsy' in concepts.yaml):")
+    for (system, code, display), n in codes.most_common(10):
+        out(f"                {n:>4}  {system}|{code}" + (f"  {display}" if display else ""))
 
 
 def _smart(client: FhirClient) -> str:

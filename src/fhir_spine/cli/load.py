@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--server", required=True, help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")
     p.add_argument("--batch-size", type=int, default=500,
                    help="entries per transaction bundle (default 500)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="load into a server that is not on this machine (default: only "
+                   "127.0.0.1 / localhost; load overwrites resources with the same ids)")
     p.add_argument("--keep-references", action="store_true",
                    help="send absolute references to resources of the folder as they are "
                    "(default: as relative Type/id, which servers without external "
@@ -68,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    check_loopback(args.server, args.allow_remote)
     folder = check_folder(args.folder if args.folder is not None else DEMO_COHORT)
     resources, skipped = read_resources(folder)
     if not args.keep_references:
@@ -80,12 +84,21 @@ def run(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     started = time.monotonic()
     try:
+        existing = count_existing(client, resources)
+        # logged (a warning when there is something to overwrite), before any write
+        log.log(logging.WARNING if existing else logging.INFO,
+                "%s already holds %d of the %d resources (same type and id); loading "
+                "overwrites them", redact_url(client.base_url), existing, len(resources))
         with counter("resources loaded", quiet=getattr(args, "quiet", False)) as tick:
             statuses, bundles = load(client, resources, args.batch_size, progress=tick)
     finally:
         client.close()
     by_type = Counter(str(r["resourceType"]) for r in resources)
     seconds = time.monotonic() - started
+    from fhir_spine.summary import note
+
+    note(read=len(resources) + skipped, loaded=len(resources), overwritten=existing,
+         set_aside=skipped, statuses=dict(sorted(statuses.items())), bundles=bundles)
     print(f"loaded {len(resources)} resources from {folder} into "
           f"{redact_url(client.base_url)} in {bundles} transaction bundle"
           f"{'s' if bundles != 1 else ''} ({seconds:.1f} s): "
@@ -95,6 +108,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {skipped} item(s) that could not be loaded (see the log)")
         return int(ExitCode.DATA_ISSUES)
     return int(ExitCode.OK)
+
+
+def check_loopback(server: str, allow_remote: bool) -> None:
+    """`load` writes (and overwrites) resources: only into a server on this machine,
+    which is what a test server is, unless `--allow-remote`."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(server.strip()).hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise UsageError(f"--server {redact_url(server)} is not on this machine; `load` "
+                         "overwrites resources and is meant for test servers: pass "
+                         "--allow-remote if this is one")
+
+
+def count_existing(client: FhirClient, resources: list[dict[str, Any]],
+                   batch: int = 100) -> int:
+    """How many of these Type/ids the server holds already (what loading overwrites)."""
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for r in resources:
+        by_type[str(r["resourceType"])].append(str(r["id"]))
+    found = 0
+    for rtype, ids in sorted(by_type.items()):
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            bundle = client.fetch_json(rtype, params=[
+                ("_id", ",".join(chunk)), ("_elements", "id"), ("_count", str(len(chunk)))])
+            found += sum(1 for e in bundle.get("entry") or []
+                         if (e.get("search") or {}).get("mode", "match") == "match"
+                         and (e.get("resource") or {}).get("id") in chunk)
+    return found
 
 
 def read_resources(folder: Path) -> tuple[list[dict[str, Any]], int]:

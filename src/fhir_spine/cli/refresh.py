@@ -5,7 +5,8 @@ scope; every later run asks only for what changed since the last complete run, u
 the raw store kept in `DIR.state/`, recomputes the patients touched and publishes the
 new dataset atomically. Exit statuses are documented in docs/refresh.md; with
 `--log-format json` every step is one JSON event on stderr, and the last one is
-`refresh.finished` (or `refresh.failed`) with the exit status.
+`refresh.finished` (or `refresh.failed`) with the exit status and the counts (written by
+`cli.main` for every command, so `--quiet` does not hide it).
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fhir_spine.cli.bulk_options import add_bulk_options
-from fhir_spine.cli.extract import add_pathway_options, pathway_overrides
+from fhir_spine.cli.extract import (
+    add_pathway_options,
+    add_privacy_options,
+    add_publish_options,
+    deid_options,
+    log_warnings,
+    pathway_overrides,
+    publish_policy_from,
+    report_outside,
+    timezone_warnings,
+)
 from fhir_spine.cli.server_options import add_server_options
-from fhir_spine.errors import ExitCode, SpineError, UsageError
+from fhir_spine.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from fhir_spine.refresh.run import RefreshOptions
@@ -58,18 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-csv", action="store_true", help="write Parquet only")
     p.add_argument("--validation", choices=["off", "warn", "strict"], default="warn",
                    help="FHIR model validation (as for extract)")
+    add_publish_options(p, scheduled=True)
     add_bulk_options(p, with_level=False)
     add_server_options(p)
+    add_privacy_options(p)
     p.set_defaults(func=run)
 
 
 def options_from_args(args: argparse.Namespace) -> RefreshOptions:
-    from fhir_spine.outputs import check_target
+    from fhir_spine.outputs import check_apart, check_target
     from fhir_spine.refresh.run import RefreshOptions
     from fhir_spine.refresh.state import state_dir_for
     from fhir_spine.sources.bulk import parse_level
     from fhir_spine.sources.rest import RestOptions, read_patient_list
 
+    deid = deid_options(args)  # a missing key is exit 2 before any work
     for name in ("workers", "batch_size", "page_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -81,11 +95,12 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
     if args.type_filter and level is None:
         raise UsageError("--type-filter needs --bulk")
     out = args.out.absolute()
-    check_target(out)
     state_dir = (args.state_dir or state_dir_for(out)).absolute()
     if state_dir == out or out in state_dir.parents:
         raise UsageError("--state-dir must not be inside the published dataset (it is "
                          "replaced whole on every publish)")
+    check_apart(out, state_dir=state_dir, bulk_dir=args.bulk_dir)
+    check_target(out)
     patients = tuple(read_patient_list(args.patients)) if args.patients is not None else None
     return RefreshOptions(
         out=out, state_dir=state_dir, bulk_level=level, group_id=group_id,
@@ -96,29 +111,34 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
         csv=not args.no_csv, export_timeout=args.export_timeout, bulk_dir=args.bulk_dir,
         rest=RestOptions(page_size=args.page_size, batch_size=args.batch_size,
                          max_pages=max(1, args.max_pages),
-                         workers=args.workers, cap=args.search_cap or None))
+                         workers=args.workers, cap=args.search_cap or None),
+        deid=deid, keep_raw=args.keep_raw)
 
 
 def run(args: argparse.Namespace) -> int:
     from fhir_spine.cli.server_options import client_from_args
-    from fhir_spine.refresh.run import Refresh, event
+    from fhir_spine.outputs import publish_policy
+    from fhir_spine.refresh.run import Refresh
     from fhir_spine.settings import load_mappings
-    from fhir_spine.summary import summary_lines
+    from fhir_spine.summary import note, summary_lines, timezone_line
 
+    options = options_from_args(args)
+    mappings = load_mappings(args.mappings, pathway_overrides(args))
+    timezone = mappings.settings.timezone
+    tz_warnings = timezone_warnings(args, timezone)
+    note(out=str(options.out), timezone=timezone, timezone_assumed=bool(tz_warnings))
+    policy = publish_policy_from(args, tz_warnings)
+    report_outside(args)
+    client = client_from_args(args, workers=args.workers)
     try:
-        options = options_from_args(args)
-        mappings = load_mappings(args.mappings, pathway_overrides(args))
-        client = client_from_args(args, workers=args.workers)
-        try:
+        with publish_policy(policy):
             report = Refresh(client, mappings, options).run()
-        finally:
-            client.close()
-    except SpineError as exc:
-        event(f"refresh failed: {exc}", "refresh.failed", level=logging.ERROR,
-              exit_code=int(exc.exit_code), error=str(exc), error_type=type(exc).__name__)
-        raise
+    finally:
+        client.close()
+    log_warnings(tz_warnings)
     status = ExitCode.DATA_ISSUES if report.exit_issues.get("error") else ExitCode.OK
     assert report.tables is not None
+    note(**final_counts(report, options.out))
     if not args.quiet:
         for line in summary_lines(report.tables.patients):
             print(line)
@@ -128,7 +148,21 @@ def run(args: argparse.Namespace) -> int:
           f"{report.seconds:.1f} s; added {report.added}, updated {report.updated}, "
           f"deleted {report.deleted}; recomputed {report.patients_touched} patient(s), "
           f"carried over {report.units_carried_over}")
+    print(timezone_line(timezone, bool(tz_warnings)))
     print(f"wrote {options.out} (watermark {report.watermark_after})")
-    event("refresh finished", "refresh.finished", exit_code=int(status),
-          **{k: v for k, v in report.as_dict().items() if k != "export"})
     return int(status)
+
+
+def final_counts(report: Any, out: Path) -> dict[str, Any]:
+    """The refresh's numbers and the dataset's counts, for the final event."""
+    import json
+
+    from fhir_spine.summary import dataset_counts
+
+    try:
+        accounting = json.loads((out / "manifest.json").read_text()).get("accounting")
+    except (OSError, ValueError):
+        accounting = None
+    fields = {k: v for k, v in report.as_dict().items() if k != "export"}
+    fields.update(dataset_counts(report.tables.patients, report.tables.issues, accounting))
+    return fields

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from fhir_spine.errors import ExitCode, UsageError
 
@@ -52,9 +53,23 @@ def run(args: argparse.Namespace) -> int:
                          "choose a folder inside it or elsewhere")
     log.info("writing report for %s", out_dir)
     result = write_report(cohort, target, args.quantile_type)
+    from fhir_spine.summary import dataset_counts, note
+
+    note(**dataset_counts(cohort.patients, _issues_frame(cohort.manifest)),
+         timezone=(cohort.manifest.get("settings") or {}).get("timezone"),
+         report=str(target / "report.html"))
     if not getattr(args, "quiet", False):
         print("primary outcome (days index biopsy -> definitive therapy):")
         for line in primary_lines(result.tables):
             print(line)
     print(f"wrote {target / 'report.html'}")
     return int(ExitCode.OK)
+
+
+def _issues_frame(manifest: dict[str, Any]) -> Any:
+    """The dataset's issue counts by severity, as the frame `dataset_counts` reads."""
+    import pandas as pd
+
+    issues: dict[str, Any] = manifest["issues"] if isinstance(manifest.get("issues"), dict) \
+        else {}
+    return pd.DataFrame({"severity": [k for k, n in issues.items() for _ in range(int(n))]})

@@ -62,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     cohort = generate(args.patients, args.seed, args.timezone)
     write_cohort(cohort, args.out)
     included = sum(r["included"] == "true" for r in cohort.truth)
+    from fhir_spine.summary import note
+
+    note(patients=len(cohort.truth), included=included, excluded=len(cohort.truth) - included,
+         included_by_strategy={"single-stage": cohort.sizes.single,
+                               "staged": cohort.sizes.staged},
+         timezone=args.timezone, out=str(args.out))
     print(f"wrote {len(cohort.truth)} synthetic patients ({included} included: "
           f"{cohort.sizes.single} single-stage, {cohort.sizes.staged} staged; "
           f"{len(cohort.truth) - included} excluded) to {args.out}")

@@ -11,11 +11,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_spine.sources.search import RestOptions
 from fhir_spine.tables import Tables
 from fhir_spine.validate import Mode
+
+if TYPE_CHECKING:
+    from fhir_spine.pseudonymise import DeidOptions
 
 log = logging.getLogger("fhir_spine.refresh.run")
 
@@ -58,6 +61,8 @@ class RefreshOptions:
     export_timeout: float = 6 * 3600.0
     bulk_dir: Path | None = None
     rest: RestOptions = field(default_factory=RestOptions)
+    deid: DeidOptions | None = None      # --pseudonymise: what is published is de-identified
+    keep_raw: bool = False               # with deid and --bulk: keep the raw export
 
 
 @dataclass

@@ -46,9 +46,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fhir_spine.dataset import PART_FORMAT, Dataset, Part, issue_counts, manifest
+from fhir_spine.dataset import (
+    PART_FORMAT,
+    Dataset,
+    Part,
+    deidentified,
+    issue_counts,
+    manifest,
+)
 from fhir_spine.fhir import optional_types_not_offered, parse_instant
 from fhir_spine.outputs import publish, write_dataset
+from fhir_spine.pseudonymise import DEID_MAP, drop_raw_layer, write_origin_map
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.capabilities import Capabilities, read_capabilities
 from fhir_spine.sources.files import RawResource
@@ -93,8 +101,9 @@ class Refresh:
                                      f"{self.client.base_url}; use another --out, or --full "
                                      "to rebuild it from this server")
                 if state.scope != scope:
-                    raise StateError(f"{o.state_dir} was built with {state.scope}, this run "
-                                     f"asks for {scope}; run once with --full to rebuild")
+                    raise StateError(f"{o.state_dir} was built with another scope ("
+                                     f"{scope_difference(state.scope, scope)}); run once with "
+                                     "--full to rebuild it")
             full = o.full or state is None
             report = RefreshReport(full=full, watermark_before=None if full else
                                    state.watermark if state else None,
@@ -131,16 +140,21 @@ class Refresh:
                     or store.get_meta("part_format") != PART_FORMAT
                 dataset = self._recompute(merge, recompute_all)  # exit 70 unless it balances
                 meta = self._manifest(dataset, report, caps, scope, started)
+                tables, meta, origin_map = deidentified(
+                    dataset.tables, meta, o.deid, self.mappings,
+                    extra_ids={"Patient": list(o.patients or ())})
                 checkpoint("computed")
 
                 def build(folder: Path) -> None:
-                    write_dataset(dataset.tables, meta, folder, csv=o.csv)
+                    write_dataset(tables, meta, folder, csv=o.csv)
                     checkpoint("built")
 
                 store.check_integrity()  # a corrupt page: exit 9, before the swap
                 _remove_leftovers(o.out)
                 publish(o.out, build)
                 checkpoint("published")
+                if origin_map is not None:
+                    write_origin_map(o.state_dir / DEID_MAP, origin_map)
                 run_number = (state.run if state is not None else 0) + 1
                 store.set_meta("run", run_number)
                 store.set_meta("watermark", watermark)
@@ -170,6 +184,8 @@ class Refresh:
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     store.close()
+            if o.deid is not None and o.bulk_level is not None:
+                drop_raw_layer(o.bulk_dir or o.state_dir / "bulk", keep=o.keep_raw)
         report.tables = dataset.tables
         report.exit_issues = issue_counts(dataset.tables)
         return report
@@ -293,6 +309,26 @@ class Refresh:
             fhir_version=caps.fhir_version, query=query,
             started=now - timedelta(seconds=time.monotonic() - started), finished=now,
             refresh=report.as_dict())
+
+
+def scope_difference(before: dict[str, Any], now: dict[str, Any], limit: int = 200) -> str:
+    """The keys whose values differ, short: `bulk_level None -> 'system'`."""
+    parts = []
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            old, new = before.get(key), now.get(key)
+            if isinstance(old, list) and isinstance(new, list):
+                added = [str(v) for v in new if v not in old]
+                gone = [str(v) for v in old if v not in new]
+                parts.append(f"{key}: " + ", ".join(
+                    [f"+{v}" for v in added[:3]] + [f"-{v}" for v in gone[:3]]
+                    + (["..."] if len(added) > 3 or len(gone) > 3 else [])))
+            elif len(repr(old)) + len(repr(new)) > 60:
+                parts.append(f"{key} changed")
+            else:
+                parts.append(f"{key} {old!r} -> {new!r}")
+    text = "; ".join(parts) or "unknown difference"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _remove_leftovers(out: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -91,7 +92,33 @@ def meta_lines(cohort: Cohort) -> list[str]:
     ]
     if src and src.get("kind"):
         lines.insert(1, f"Source kind: {src.get('kind')}")
+    lines[2:2] = provenance_lines(m)
     return lines
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def provenance_lines(m: dict[str, Any]) -> list[str]:
+    """Where the data came from, with which settings, and its issue counts."""
+    from fhir_spine.redact import redact_url
+
+    src = _dict(m.get("source"))
+    location = str(src.get("location") or "?")
+    if src.get("kind") == "server":
+        location = redact_url(location)
+    settings = _dict(m.get("settings"))
+    zone = settings.get("timezone", "?")
+    assumed = any("no time zone configured" in str(w) for w in m.get("warnings") or [])
+    issues = _dict(m.get("issues"))
+    return [
+        f"Source: {location}",
+        f"Settings: time zone {zone}" + (" (assumed: none configured)" if assumed else "")
+        + f", same-session gap {settings.get('same_session_gap_hours', '?')} h, validation "
+        f"{m.get('validation', '?')}",
+        "Issues: " + (", ".join(f"{k} {v}" for k, v in sorted(issues.items())) or "none"),
+    ]
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -168,6 +195,7 @@ def build_into(cohort: Cohort, folder: Path, qtype: int = 7) -> ReportResult:
 def write_report(cohort: Cohort, target: Path, qtype: int = 7) -> ReportResult:
     """Build the report beside `target` and swap it in atomically."""
     holder: list[ReportResult] = []
-    publish(target, lambda staging: holder.append(build_into(cohort, staging, qtype)))
+    publish(target, lambda staging: holder.append(build_into(cohort, staging, qtype)),
+            kind="report")
     built = holder[0]
     return ReportResult(target, built.tables, built.figures)

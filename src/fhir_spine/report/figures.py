@@ -224,6 +224,9 @@ def flow_figure(cohort: Cohort) -> Figure:
         for x, label in zip(xs, labels, strict=True):
             ax.annotate("", xy=(x, 2.2), xytext=(3, 4.25), arrowprops=arrow)
             ax.text(x, 1.7, label, ha="center", va="center", bbox=box)
+        ax.text(5.6, 0.3, "A patient can have several exclusion reasons: the reasons "
+                "add up to more than the excluded count.", ha="center", va="center",
+                fontsize=7, style="italic")
         fig.tight_layout()
     return fig
 

@@ -77,6 +77,9 @@ class HttpSettings:
     read_timeout: float = 120.0
     verify: bool | str = True          # False only with --insecure; a path = CA bundle
     retry_time: float = 300.0          # total seconds one request may spend retrying
+    # Until the server has answered once, "connection refused" and "unknown host" are
+    # far more likely a typo in --server than an outage: give up after this long.
+    first_contact_time: float = 5.0
     max_attempts: int = 12
     backoff_base: float = 1.0          # first backoff in seconds, doubled per attempt
     backoff_max: float = 60.0
@@ -134,13 +137,32 @@ class _Transient(Exception):  # noqa: N818 - internal signal, never shown
 
     def __init__(self, reason: str, *, status: int | None = None,
                  retry_after: float | None = None, response: Any = None,
-                 unreachable: bool = False) -> None:
+                 unreachable: bool = False, no_server: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
         self.response = response
         self.unreachable = unreachable
+        self.no_server = no_server  # "refused" / "unknown host": nothing listens there
+
+
+_NO_SERVER = (
+    (re.compile(r"refused", re.IGNORECASE), "refused"),
+    (re.compile(r"name or service not known|nodename nor servname|name resolution|"
+                r"failed to resolve|no address associated|getaddrinfo failed|"
+                r"NameResolutionError", re.IGNORECASE), "unknown host"),
+)
+
+
+def no_server_kind(exc: BaseException) -> str:
+    """"refused" or "unknown host" when a connection error says nothing listens at the
+    address (a typo in host or port, not a busy server); "" otherwise."""
+    text = f"{exc} {_root_cause(exc)}"
+    for pattern, kind in _NO_SERVER:
+        if pattern.search(text):
+            return kind
+    return ""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -228,6 +250,7 @@ class FhirClient:
         self._sleep = sleep
         self._clock = clock
         self._origin = origin_of(self.base_url)
+        self.answered = False  # the server has answered at least once (any status)
         self.session = session or requests.Session()
         adapter = _TrackingAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
         self.session.mount("https://", adapter)
@@ -391,6 +414,9 @@ class FhirClient:
             if not retry or state.attempt_number >= settings.max_attempts:
                 return True
             spent = self._clock() - start
+            exc = state.outcome.exception() if state.outcome else None
+            if not self.answered and isinstance(exc, _Transient) and exc.no_server:
+                return spent + state.upcoming_sleep > settings.first_contact_time
             return spent + state.upcoming_sleep > settings.retry_time
 
         def wait(state: RetryCallState) -> float:
@@ -418,7 +444,12 @@ class FhirClient:
             tried = f"after {attempts} attempt{'s' if attempts != 1 else ''} " \
                     f"over {spent:.0f} s"
             if exc.unreachable:
-                raise ServerUnreachable(scrub(f"{shown}: {exc.reason} ({tried})")) from None
+                hint = ""
+                if exc.no_server and not self.answered:
+                    hint = (f"; nothing answers at {self._origin[1]}:{self._origin[2]}: "
+                            "check the host and port of --server")
+                raise ServerUnreachable(scrub(f"{shown}: {exc.reason} ({tried}){hint}")) \
+                    from None
             hint = ""
             if exc.status == 429:
                 hint = "; the server is throttling: try fewer --workers or a later time"
@@ -455,19 +486,22 @@ class FhirClient:
             raise ServerUnreachable(scrub(str(exc))) from None
         except requests.exceptions.SSLError as exc:
             self.stats.record(method, "tls-error", 0)
-            raise ServerUnreachable(scrub(
-                f"{shown}: TLS failed ({_root_cause(exc)}); give the server's CA with "
-                "--ca-bundle FILE (or --insecure, for a test server only)")) from None
+            raise ServerUnreachable(scrub(f"{shown}: TLS failed ({_root_cause(exc)}); "
+                                          + tls_hint(exc, self.base_url))) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) \
                 else "connection failed"
             self.stats.record(method, "no-answer", 0)
-            raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True) from None
+            no_server = "" if isinstance(exc, requests.exceptions.Timeout) \
+                else no_server_kind(exc)
+            raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True,
+                             no_server=no_server) from None
         except requests.exceptions.RequestException as exc:  # too many redirects, bad URL
             self.stats.record(method, "refused", 0)
             raise ServerError(scrub(f"{shown}: {type(exc).__name__}: "
                                     f"{_root_cause(exc)}")) from None
+        self.answered = True
         self.stats.record(method, response.status_code, size)
         log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, size,
                   (time.monotonic() - started) * 1000)
@@ -513,7 +547,31 @@ class FhirClient:
         if status == 403:
             return AuthError(scrub(head + detail + f"; the {self.auth.describe()} may lack "
                                    "the scope or permission for this request"))
-        return ServerError(scrub(head + detail), status=status)
+        return ServerError(scrub(head + detail + self._not_found_hint(status, response)),
+                           status=status)
+
+    def _not_found_hint(self, status: int, response: requests.Response) -> str:
+        """A 404 HTML page for the base URL's own requests: the base URL lacks its path."""
+        if status != 404 or "html" not in response.headers.get("Content-Type", "").lower() \
+                and not (response.content or b"").lstrip().startswith(b"<"):
+            return ""
+        path = urlsplit(self.base_url).path.strip("/")
+        if path:
+            return (f"; is {redact_url(self.base_url)} the FHIR base URL (the one whose "
+                    "/metadata answers with a CapabilityStatement)?")
+        return ("; the base URL has no path, and FHIR servers usually live under one: try "
+                f"{redact_url(self.base_url)}/fhir (HAPI) or the path the server documents")
+
+
+def tls_hint(exc: BaseException, url: str) -> str:
+    """What to do about a TLS failure: a plain-http port, or a CA to trust."""
+    cause = f"{exc} {_root_cause(exc)}".lower()
+    if any(text in cause for text in ("wrong version number", "record layer failure",
+                                      "unknown protocol", "http request", "packet length")):
+        plain = "http://" + url.split("://", 1)[-1]
+        return (f"the port seems to speak plain http, not TLS: try --server "
+                f"{redact_url(plain.split('?', 1)[0]).rstrip('/')} if the server has no TLS")
+    return "give the server's CA with --ca-bundle FILE (or --insecure, for a test server only)"
 
 
 def error_detail(response: requests.Response) -> str:
