@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from fhir_spine.redact import scrub
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -31,7 +33,7 @@ class SpineError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
-        super().__init__(message)
+        super().__init__(scrub(message))  # a message may quote a server: never a secret
         if exit_code is not None:
             self.exit_code = exit_code
 

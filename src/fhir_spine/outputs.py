@@ -25,6 +25,7 @@ import pandas as pd
 
 from fhir_spine import schema
 from fhir_spine.errors import EmptyResult, ShrinkRefused, UsageError
+from fhir_spine.redact import scrub_frame, scrub_json
 from fhir_spine.tables import Tables
 
 MANIFEST = "manifest.json"
@@ -33,6 +34,7 @@ _RENAME_EXCHANGE = 2
 
 
 def write_table(df: pd.DataFrame, folder: Path, name: str, *, csv: bool = True) -> None:
+    df = scrub_frame(df)  # no secret in any table, whatever a server echoed into the data
     df.to_parquet(folder / f"{name}.parquet", index=False)
     if csv:
         out = df.copy()
@@ -49,7 +51,8 @@ def write_dataset(tables: Tables, manifest: dict[str, Any], folder: Path, *,
     codebook = pd.DataFrame(schema.codebook_rows())
     write_table(codebook, folder, "codebook", csv=True)
     manifest = {**manifest, "rows": {name: int(len(df)) for name, df in tables.items()}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    manifest = scrub_json(json.loads(json.dumps(manifest, default=str)))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def check_target(target: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from fhir_spine import __version__
 from fhir_spine.errors import ExitCode, SpineError
 from fhir_spine.logs import JsonLines, configure_logging, final_event, plain_json_error
+from fhir_spine.redact import install_log_redaction, scrubbed_std_streams
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,19 @@ def _wants_json(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything the process prints passes the one scrubber (redact.scrub): the final
+    # error line, both log formats, a library's own output.
+    with scrubbed_std_streams():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     SpineParser.json_errors = _wants_json(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(debug=args.debug, fmt=args.log_format, quiet=args.quiet)
+    install_log_redaction()
     json_mode = args.log_format == "json"
     stdout = sys.stdout
     if json_mode:
@@ -137,8 +146,8 @@ def _run(args: argparse.Namespace) -> tuple[int, str | None]:
         summary.note(error="interrupted", error_type="KeyboardInterrupt")
         return 130, "fhir-spine: interrupted"
     except Exception as exc:  # a bug: keep the user's terminal readable
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the internal-error status
+            log.exception("internal error")
         summary.note(error=f"{type(exc).__name__}: {_shown(args, exc)}", error_type="InternalError")
         return int(ExitCode.INTERNAL), (
             f"fhir-spine: internal error: {type(exc).__name__}: {_shown(args, exc)} "

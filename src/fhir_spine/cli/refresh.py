@@ -110,6 +110,7 @@ def options_from_args(args: argparse.Namespace) -> RefreshOptions:
         full_reconcile=args.full_reconcile, full=args.full, validation=args.validation,
         csv=not args.no_csv, export_timeout=args.export_timeout, bulk_dir=args.bulk_dir,
         rest=RestOptions(page_size=args.page_size, batch_size=args.batch_size,
+                         max_pages=max(1, args.max_pages),
                          workers=args.workers, cap=args.search_cap or None),
         deid=deid, keep_raw=args.keep_raw)
 

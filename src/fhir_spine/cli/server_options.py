@@ -34,7 +34,41 @@ def add_http_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-time", type=float, default=300.0, metavar="SECONDS",
                    help="longest time to keep retrying one request on 429/502/503/504 or a "
                    "dropped connection (default 300)")
+    add_limit_options(p)
     add_auth_options(p)
+
+
+def byte_size(text: str) -> int:
+    """`1048576`, `512K`, `64M`, `20G`, `1T` (powers of 1024) as bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in units else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512M, 20G)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(number * units[unit])
+
+
+def add_limit_options(p: argparse.ArgumentParser) -> None:
+    """What a server can make the client do: time per request, bytes per file, disk."""
+    g = p.add_argument_group("limits (what a server may make fhir-spine do)")
+    g.add_argument("--request-deadline", type=float, default=600.0, metavar="SECONDS",
+                   help="whole time one request may take, headers and body, however the "
+                   "server drips it (default 600; 0: none)")
+    g.add_argument("--min-rate", type=byte_size, default=64 * 1024, metavar="BYTES",
+                   help="a Bulk file download may pass --request-deadline while it "
+                   "averages at least this many bytes a second (default 64K)")
+    g.add_argument("--max-file-size", type=byte_size, default=64 << 30, metavar="BYTES",
+                   help="largest Bulk file, on the wire and decompressed (default 64G)")
+    g.add_argument("--max-gzip-ratio", type=float, default=200.0, metavar="N",
+                   help="largest decompressed / compressed size of a gzip file or body "
+                   "(default 200: NDJSON compresses 5-30 times; a bomb 1000)")
+    g.add_argument("--min-free-space", type=byte_size, default=1 << 30, metavar="BYTES",
+                   help="free space a download must leave on the job folder's disk "
+                   "(default 1G; checked before and during each download)")
 
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
@@ -48,6 +82,9 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=50,
                    help="patient ids per search (default 50)")
     g.add_argument("--page-size", type=int, default=200, help="_count per page (default 200)")
+    g.add_argument("--max-pages", type=int, default=10_000, metavar="N",
+                   help="pages one search may take; a search also stops when its matches "
+                   "pass the server's own total by more than a page (default 10000)")
     g.add_argument("--search-cap", type=int, default=10_000, metavar="N",
                    help="results after which a server may silently stop paging; a search "
                    "reaching it is repeated in _lastUpdated windows (default 10000, 0: off)")
@@ -74,8 +111,24 @@ def client_from_args(args: argparse.Namespace, workers: int = 2) -> FhirClient:
     auth = auth_from_args(args)
     install_log_redaction()
     settings = HttpSettings(read_timeout=args.timeout, retry_time=args.retry_time,
-                            verify=verify, pool_size=max(10, workers * 2))
+                            verify=verify, pool_size=max(10, workers * 2),
+                            **limit_settings(args))
     return FhirClient(args.server, auth=auth, settings=settings)
+
+
+def limit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """`HttpSettings` fields of the limit options (defaults when a command has none)."""
+    from fhir_spine.sources.http import HttpSettings
+
+    d = HttpSettings()
+    values = {"deadline": getattr(args, "request_deadline", d.deadline),
+              "min_rate": getattr(args, "min_rate", d.min_rate),
+              "max_file_bytes": getattr(args, "max_file_size", d.max_file_bytes),
+              "max_gzip_ratio": getattr(args, "max_gzip_ratio", d.max_gzip_ratio),
+              "min_free_bytes": getattr(args, "min_free_space", d.min_free_bytes)}
+    if values["deadline"] < 0 or values["max_gzip_ratio"] <= 1:
+        raise UsageError("--request-deadline must be >= 0 and --max-gzip-ratio > 1")
+    return values
 
 
 def server_source(args: argparse.Namespace, mappings: Mappings | None = None
@@ -95,7 +148,8 @@ def server_source(args: argparse.Namespace, mappings: Mappings | None = None
         mappings = load_mappings(getattr(args, "mappings", None))
     patients = read_patient_list(args.patients) if args.patients is not None else None
     options = RestOptions(page_size=args.page_size, batch_size=args.batch_size,
-                          workers=args.workers, cap=args.search_cap or None)
+                          workers=args.workers, cap=args.search_cap or None,
+                          max_pages=max(1, args.max_pages))
     client = client_from_args(args, workers=args.workers)
     source = RestSource(client, mappings, options=options, patients=patients,
                         patients_file=args.patients)

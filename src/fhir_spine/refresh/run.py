@@ -37,8 +37,10 @@ committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,10 +112,15 @@ class Refresh:
                   f"{'full pull' if full else 'changes since ' + str(report.watermark_before)}",
                   "refresh.started", out=str(o.out), server=self.client.base_url,
                   full=full, watermark=report.watermark_before, scope=scope)
-            store = RawStore(o.state_dir / STORE_FILE)
+            store = RawStore.open(o.state_dir / STORE_FILE, full=full)
             merge = Merge(store, report, self.resolver)
             try:
                 store.begin()
+                if state is not None and not full:
+                    # the store is the one state.json describes, before anything is
+                    # pulled or recomputed from it (a deleted, emptied or truncated store
+                    # would publish the few patients left): exit 9 otherwise
+                    store.check_against(state)
                 caps = read_capabilities(self.client)
                 skipped = optional_types_not_offered(caps, self.scope.types)
                 self.scope.types = tuple(t for t in self.scope.types if t not in skipped)
@@ -142,6 +149,7 @@ class Refresh:
                     write_dataset(tables, meta, folder, csv=o.csv)
                     checkpoint("built")
 
+                store.check_integrity()  # a corrupt page: exit 9, before the swap
                 _remove_leftovers(o.out)
                 publish(o.out, build)
                 checkpoint("published")
@@ -151,6 +159,7 @@ class Refresh:
                 store.set_meta("run", run_number)
                 store.set_meta("watermark", watermark)
                 store.set_meta("part_format", PART_FORMAT)
+                store.record_counts()
                 store.commit()
                 checkpoint("committed")
                 report.seconds = time.monotonic() - started
@@ -163,11 +172,18 @@ class Refresh:
                                  if k not in ("requests", "export")},
                               "requests": report.requests.get("requests")}))
                 self.scope.finished()
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    store.rollback()
+                raise StateError(f"raw store {o.state_dir / STORE_FILE}: {exc}; run with "
+                                 "--full to rebuild it from the server") from None
             except BaseException:
-                store.rollback()
+                with contextlib.suppress(sqlite3.Error):
+                    store.rollback()
                 raise
             finally:
-                store.close()
+                with contextlib.suppress(sqlite3.Error):
+                    store.close()
             if o.deid is not None and o.bulk_level is not None:
                 drop_raw_layer(o.bulk_dir or o.state_dir / "bulk", keep=o.keep_raw)
         report.tables = dataset.tables

@@ -29,6 +29,7 @@ from typing import Any
 
 from fhir_spine import __version__
 from fhir_spine.errors import ExitCode, SpineError
+from fhir_spine.fhir import parse_instant
 from fhir_spine.settings import Mappings
 from fhir_spine.sources.bulk import write_atomic
 
@@ -66,20 +67,50 @@ class RefreshState:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
 
 
+# Each field of state.json and the JSON type it must have (`bool` is no `int` here).
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "server": str, "scope": dict, "watermark": str, "watermark_source": str,
+    "fingerprint": str, "run": int, "last_run": dict, "format": int, "tool_version": str}
+_REQUIRED = ("server", "scope", "watermark", "watermark_source", "fingerprint")
+
+
 def load_state(state_dir: Path) -> RefreshState | None:
     path = state_dir / STATE_FILE
     if not path.exists():
         return None
     try:
         raw = json.loads(path.read_text())
-        if raw.get("format") != STATE_FORMAT:
-            raise StateError(f"{path}: state format {raw.get('format')!r}, this fhir-spine "
-                             f"reads {STATE_FORMAT}; run with --full to rebuild the state")
-        known = {k: v for k, v in raw.items() if k in RefreshState.__dataclass_fields__}
-        return RefreshState(**known)
     except (OSError, ValueError, TypeError) as exc:
         raise StateError(f"{path} is unreadable ({exc}); run with --full to rebuild the "
                          "state from the server") from None
+    return check_state(raw, path)
+
+
+def check_state(raw: Any, path: Path) -> RefreshState:
+    """`state.json`'s content, its types checked (a list, `null`, a watermark that is
+    not an instant, a negative run number: exit 9, never an internal error)."""
+    hint = "; run with --full to rebuild the state from the server"
+    if not isinstance(raw, dict):
+        raise StateError(f"{path} holds {type(raw).__name__}, not a state object{hint}")
+    if raw.get("format") != STATE_FORMAT:
+        raise StateError(f"{path}: state format {raw.get('format')!r}, this fhir-spine "
+                         f"reads {STATE_FORMAT}; run with --full to rebuild the state")
+    for name in _REQUIRED:
+        if name not in raw:
+            raise StateError(f"{path}: no `{name}`{hint}")
+    for name, kind in _TYPES.items():
+        if name in raw and (not isinstance(raw[name], kind) or isinstance(raw[name], bool)):
+            raise StateError(f"{path}: `{name}` is {json.dumps(raw[name])[:80]}, not "
+                             f"{getattr(kind, '__name__', kind)}{hint}")
+    if raw.get("run", 0) < 0:
+        raise StateError(f"{path}: `run` is negative{hint}")
+    try:
+        parse_instant(raw["watermark"])
+    except ValueError:
+        raise StateError(f"{path}: watermark {raw['watermark'][:80]!r} is not an "
+                         f"instant{hint}") from None
+    known = {k: v for k, v in raw.items() if k in RefreshState.__dataclass_fields__}
+    return RefreshState(**known)
 
 
 def save_state(state_dir: Path, state: RefreshState) -> None:

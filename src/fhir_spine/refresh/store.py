@@ -25,6 +25,7 @@ makes re-reading an overlap window, or a whole interrupted run, harmless.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -37,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from fhir_spine.refresh.state import StateError
+from fhir_spine.refresh.state import RefreshState, StateError
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +256,75 @@ class RawStore:
 
     def unit_names(self) -> set[str]:
         return {str(u) for (u,) in self.db.execute("SELECT unit FROM units")}
+
+    # ------------------------------------------------------------ integrity
+
+    def actual_counts(self) -> dict[str, int]:
+        return {"resources": self.count(),
+                "units": int(self.db.execute("SELECT count(*) FROM units").fetchone()[0])}
+
+    def record_counts(self) -> None:
+        """What the store holds, saved with the run number and watermark before COMMIT,
+        so the next run can tell an emptied or truncated store from a real one."""
+        self.set_meta("counts", self.actual_counts())
+
+    def check_against(self, state: RefreshState) -> None:
+        """Before an incremental run recomputes anything: the store is the one `state`
+        describes (run number, watermark, counts), else `StateError` (exit 9). A store
+        one run ahead of state.json is a run killed between COMMIT and writing the
+        state: taken as it is, as the refresh design says."""
+        hint = "; nothing published: run with --full to rebuild it from the server"
+        run = self.get_meta("run")
+        if not isinstance(run, int) or isinstance(run, bool):
+            raise StateError(f"raw store {self.path} has no run record but state.json "
+                             f"names run {state.run}: the store was deleted, emptied or "
+                             f"replaced{hint}")
+        if run not in (state.run, state.run + 1):
+            raise StateError(f"raw store {self.path} is at run {run}, state.json at run "
+                             f"{state.run}: they do not belong together{hint}")
+        if run == state.run and self.get_meta("watermark") != state.watermark:
+            raise StateError(f"raw store {self.path} has watermark "
+                             f"{self.get_meta('watermark')!r}, state.json {state.watermark!r}"
+                             f"{hint}")
+        counts = self.get_meta("counts")
+        if counts is not None and counts != self.actual_counts():
+            raise StateError(f"raw store {self.path} holds {self.actual_counts()}, but its "
+                             f"last run left {counts}: rows were deleted or a table "
+                             f"lost{hint}")
+
+    def healthy(self) -> bool:
+        try:
+            return [str(r[0]) for r in self.db.execute("PRAGMA quick_check")] == ["ok"]
+        except sqlite3.DatabaseError:
+            return False
+
+    @classmethod
+    def open(cls, path: Path, *, full: bool) -> RawStore:
+        """The store at `path`. For a full pull (`--full`), a store that cannot be opened
+        or fails the page check is removed and started anew: the pull rebuilds it."""
+        if not full:
+            return cls(path)
+        try:
+            store = cls(path)
+            if store.healthy():
+                return store
+            store.close()
+        except StateError:
+            pass
+        log.warning("raw store %s is damaged; --full starts it anew", path)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                path.with_name(path.name + suffix).unlink()
+        return cls(path)
+
+    def check_integrity(self) -> None:
+        """SQLite's own page check, before anything is published: a corrupt store is
+        exit 9, never a dataset built from half of it."""
+        try:
+            rows = [str(r[0]) for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows != ["ok"]:
+            raise StateError(f"raw store {self.path} is damaged ({'; '.join(rows[:3])}); "
+                             "nothing published: run with --full to rebuild it from the "
+                             "server")

@@ -27,6 +27,7 @@ import pandas as pd
 
 from fhir_spine import __version__
 from fhir_spine.outputs import publish
+from fhir_spine.redact import scrub, scrub_json
 from fhir_spine.report import fmt
 from fhir_spine.report.data import Cohort
 from fhir_spine.report.figures import FigureFile, write_figures
@@ -172,9 +173,11 @@ def build_into(cohort: Cohort, folder: Path, qtype: int = 7) -> ReportResult:
         sections.insert(0, extra)
     meta = meta_lines(cohort)
     (folder / "report.html").write_text(
-        render_html(TITLE, meta, tables.tables, figures, sections, folder), encoding="utf-8")
+        scrub(render_html(TITLE, meta, tables.tables, figures, sections, folder)),
+        encoding="utf-8")
     (folder / "report.md").write_text(
-        render_markdown(TITLE, meta, tables.tables, figures, sections), encoding="utf-8")
+        scrub(render_markdown(TITLE, meta, tables.tables, figures, sections)),
+        encoding="utf-8")
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     manifest = {
         "kind": "fhir-spine report", "tool_version": __version__, "quantile_type": qtype,
@@ -185,7 +188,7 @@ def build_into(cohort: Cohort, folder: Path, qtype: int = 7) -> ReportResult:
                   "patients_included": len(cohort.included)},
         "files": [*files, "manifest.json"],
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / "manifest.json").write_text(json.dumps(scrub_json(manifest), indent=2) + "\n")
     return ReportResult(folder, tables, figures)
 
 

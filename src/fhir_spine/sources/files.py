@@ -41,6 +41,10 @@ JSON_SUFFIXES = (".json", ".json.gz")
 # Bundles inside Bundles deeper than this are not unpacked (real documents-in-collections
 # are one level deep; the limit keeps a hostile file from exhausting the stack).
 MAX_BUNDLE_DEPTH = 8
+# JSON nesting deeper than this in one resource is set aside as one `too-deep` row before
+# anything walks it (real resources are well under 30 deep; 1,000 would exhaust the stack
+# of every recursive reader after this one).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,57 @@ def check_folder(path: Path) -> Path:
     return path
 
 
-def fhir_files(folder: Path) -> list[Path]:
-    """FHIR files under `folder`, recursively, in a stable order."""
+def fhir_entries(folder: Path) -> list[Path]:
+    """Every entry under `folder` named like a FHIR file, in a stable order, including
+    those that cannot be opened (a dangling or looping link): those are `unreadable-file`
+    rows, never skipped in silence. Folders named like files are left out."""
     return sorted(
         p for p in folder.rglob("*")
-        if p.is_file() and p.name.lower().endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
+        if p.name.lower().endswith(NDJSON_SUFFIXES + JSON_SUFFIXES)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not p.is_dir()
     )
+
+
+def _unopenable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, or None when it can be opened."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "a symbolic link loop"
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP
+                return "a symbolic link loop"
+            return f"a dangling symbolic link to {path.readlink()}"
+    return "not a regular file"
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON data nests deeper than `limit` (level by level, no recursion)."""
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for item in level:
+            for child in (item.values() if isinstance(item, dict) else item):
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
+    return False
+
+
+def too_deep_problem(resource: dict[str, Any], origin: str) -> ReadProblem:
+    rtype = str(resource.get("resourceType") or "")[:64]
+    rid = str(resource.get("id") or "")[:64]
+    return ReadProblem(origin, "too-deep",
+                       f"{origin}: {rtype or 'resource'} nests deeper than {MAX_JSON_DEPTH} "
+                       "levels; set aside unread", rtype, rid)
 
 
 class FileSource:
@@ -106,16 +154,16 @@ class FileSource:
 
     def __iter__(self) -> Iterator[SourceItem]:
         self.export_artefacts.clear()
-        files = fhir_files(self.folder)
+        files = fhir_entries(self.folder)
         if not files:
             log.warning("no .ndjson or .json files found under %s", self.folder)
         for path in files:
             yield from iter_file(self.folder, path, self.export_artefacts)
 
     def files(self) -> list[Path]:
-        """The folder's FHIR files in reading order (`iter_file` reads one: the unit
-        of a parallel extraction, pipeline.extract_files)."""
-        return fhir_files(self.folder)
+        """The folder's FHIR file entries in reading order, unopenable ones included
+        (`iter_file` reads one: the unit of a parallel extraction, pipeline.extract_files)."""
+        return fhir_entries(self.folder)
 
     @property
     def transaction_time(self) -> str | None:
@@ -135,6 +183,10 @@ def iter_file(folder: Path, path: Path, artefacts: list[ExportArtefact]
               ) -> Iterator[SourceItem]:
     """The items of one file of `folder`; its export artefacts are added to `artefacts`."""
     name = str(path.relative_to(folder))
+    why = _unopenable(path)
+    if why is not None:
+        yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {why}")
+        return
     if path.name.lower().endswith(NDJSON_SUFFIXES):
         yield from _iter_ndjson(path, name, unpack=True, artefacts=artefacts)
         return
@@ -247,6 +299,8 @@ def _resources_of(value: Any, origin: str) -> Iterator[SourceItem]:
         return
     if value["resourceType"] == "Bundle":
         yield from _bundle_entries(value, origin)
+    elif too_deep(value):
+        yield too_deep_problem(value, origin)
     else:
         yield RawResource(value, origin)
 
@@ -295,7 +349,9 @@ def _bundle_entries(bundle: dict[str, Any], origin: str, *, depth: int = 0,
     aliases = {**(outer_aliases or {}), **own_aliases}
     refs = _References(aliases, [r for _, r in resources if r["resourceType"] != "Bundle"])
     for where, resource in resources:
-        if resource["resourceType"] != "Bundle":
+        if resource["resourceType"] != "Bundle" and too_deep(resource):
+            yield too_deep_problem(resource, where)
+        elif resource["resourceType"] != "Bundle":
             yield refs.rewrite(resource, where)
         elif depth + 1 > MAX_BUNDLE_DEPTH:
             yield ReadProblem(where, "bundle-too-deep",

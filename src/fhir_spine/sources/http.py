@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import gzip
 import hashlib
 import logging
 import os
 import random
 import re
+import shutil
+import socket
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +39,20 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from fhir_spine import __version__
 from fhir_spine.auth import Auth
-from fhir_spine.errors import AuthError, ServerError, ServerUnreachable, UsageError
+from fhir_spine.errors import (
+    AuthError,
+    ExitCode,
+    ServerError,
+    ServerUnreachable,
+    SpineError,
+    UsageError,
+)
 from fhir_spine.redact import redact_url, scrub
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # servlet containers reject it unescaped.
 QUERY_SAFE = ",:/"
 CHUNK = 1 << 20
+GIB = 1 << 30
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,12 @@ class HttpSettings:
     backoff_base: float = 1.0          # first backoff in seconds, doubled per attempt
     backoff_max: float = 60.0
     pool_size: int = 10
+    # Limits on what a server can make the client do (issue 15); each has an option.
+    deadline: float = 600.0            # whole request (headers + body) in seconds, ...
+    min_rate: float = 64 * 1024        # ... unless a download still averages this (B/s)
+    max_file_bytes: int = 64 * GIB     # per downloaded file, decompressed bytes too
+    max_gzip_ratio: float = 200.0      # decompressed / compressed bytes of a gzip body
+    min_free_bytes: int = 1 * GIB      # free space left on the job folder's disk
 
 
 @dataclass
@@ -232,7 +252,7 @@ class FhirClient:
         self._origin = origin_of(self.base_url)
         self.answered = False  # the server has answered at least once (any status)
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
+        adapter = _TrackingAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": FHIR_JSON})
@@ -288,14 +308,17 @@ class FhirClient:
         on 401, an error status raised. An HTML answer is a `ServerError`. `path` is
         removed when the download fails."""
         got: list[Download] = []
+        settings = self.settings
 
         def read(response: requests.Response) -> int:
             if response.status_code >= 400 or "html" in response.headers.get(
                     "Content-Type", "").lower():
                 return len(response.content)
-            got.append(_stream_to(response, path))
+            check_free_space(path.parent, _content_length(response), settings, url)
+            got.append(_stream_to(response, path, settings, url))
             return got[-1].size
 
+        check_free_space(path.parent, 0, settings, url)  # before asking at all
         try:
             response = self._send("GET", url, None, None, {"Accept": accept}, authenticated,
                                   True, True, read)
@@ -447,12 +470,20 @@ class FhirClient:
         try:
             # `verify` per request: a session-level value loses to $REQUESTS_CA_BUNDLE,
             # which would silently ignore --ca-bundle and --insecure.
-            response = self.session.request(method, url, data=form if form is not None else body,
-                                            headers=headers, timeout=timeout,
-                                            verify=self.settings.verify,
-                                            stream=read is not None)
-            with response:  # read the body inside the try: it can break too
-                size = read(response) if read is not None else len(response.content)
+            # the whole request, headers and body, under the deadline: a server that
+            # drips a byte per read timeout cannot hold us (the body is read inside the
+            # try: it can break too)
+            with _Deadline(started, self.settings, read is not None, shown) as watch:
+                response = self.session.request(
+                    method, url, data=form if form is not None else body, headers=headers,
+                    timeout=timeout, verify=self.settings.verify, stream=True,
+                    hooks={"response": self._redirect_guard})
+                watch.response = response
+                with response:
+                    size = read(response) if read is not None else len(response.content)
+        except _DeadlinePassed as exc:
+            self.stats.record(method, "deadline", 0)
+            raise ServerUnreachable(scrub(str(exc))) from None
         except requests.exceptions.SSLError as exc:
             self.stats.record(method, "tls-error", 0)
             raise ServerUnreachable(scrub(f"{shown}: TLS failed ({_root_cause(exc)}); "
@@ -466,6 +497,10 @@ class FhirClient:
                 else no_server_kind(exc)
             raise _Transient(f"{kind}: {_root_cause(exc)}", unreachable=True,
                              no_server=no_server) from None
+        except requests.exceptions.RequestException as exc:  # too many redirects, bad URL
+            self.stats.record(method, "refused", 0)
+            raise ServerError(scrub(f"{shown}: {type(exc).__name__}: "
+                                    f"{_root_cause(exc)}")) from None
         self.answered = True
         self.stats.record(method, response.status_code, size)
         log.debug("%s -> %d (%d bytes, %.0f ms)", shown, response.status_code, size,
@@ -476,6 +511,26 @@ class FhirClient:
                              retry_after=parse_retry_after(response.headers.get("Retry-After")),
                              response=response)
         return response
+
+    def _redirect_guard(self, response: requests.Response, *args: Any,
+                        **kwargs: Any) -> None:
+        """A redirect to another origin is refused before it is followed, like a `next`
+        link to another host: the other origin's answer would be published as the
+        server's (and requests drops the credentials on the way, hiding why)."""
+        if response.status_code not in REDIRECTS or "Location" not in response.headers:
+            return
+        target = urljoin(response.url, response.headers["Location"])
+        try:
+            foreign = origin_of(target) != self._origin
+        except ValueError:
+            foreign = True
+        if foreign:
+            response.close()
+            raise ServerError(scrub(
+                f"{response.request.method} {redact_url(response.url)}: answered "
+                f"{response.status_code} redirecting to {redact_url(target)}, another "
+                "origin; refusing to follow a redirect off the server (check the base URL, "
+                "or the server's configured public address)"), status=response.status_code)
 
     def _status_error(self, shown: str, response: requests.Response,
                       authenticated: bool) -> Exception:
@@ -561,11 +616,14 @@ def _root_cause(exc: BaseException) -> str:
     return one_line(text, 200) or type(exc).__name__
 
 
-def _stream_to(response: requests.Response, path: Path) -> Download:
-    """Body to `path` (a Content-Encoding is undone by requests), synced to disk."""
+def _stream_to(response: requests.Response, path: Path, settings: HttpSettings,
+               url: str) -> Download:
+    """Body to `path` (a Content-Encoding is undone by requests), synced to disk, within
+    the size and ratio limits and the free-space reserve."""
     digest = hashlib.sha256()
     size = 0
     head = b""
+    checked = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         for chunk in response.iter_content(CHUNK):
@@ -573,9 +631,235 @@ def _stream_to(response: requests.Response, path: Path) -> Download:
                 continue
             if len(head) < 2:
                 head += chunk[:2]
+            size += len(chunk)
+            check_size(size, _wire_bytes(response), settings, url)
+            if size - checked >= 64 * CHUNK:
+                check_free_space(path.parent, 0, settings, url)
+                checked = size
             handle.write(chunk)
             digest.update(chunk)
-            size += len(chunk)
         handle.flush()
         os.fsync(handle.fileno())
     return Download(path, size, digest.hexdigest(), head[:2] == b"\x1f\x8b")
+
+
+class LimitExceeded(ServerError):
+    """A server's answer passed a configured limit (size, ratio): not retried."""
+
+
+class NoSpace(SpineError):
+    """The job folder's disk would fall under the free-space reserve: nothing published."""
+
+    exit_code = ExitCode.INCOMPLETE
+
+
+def check_size(size: int, compressed: int | None, settings: HttpSettings, url: str) -> None:
+    """`size` decompressed bytes of one file (from `compressed` bytes, when that is what
+    was on the wire) against `--max-file-size` and `--max-gzip-ratio`."""
+    if size > settings.max_file_bytes:
+        raise LimitExceeded(scrub(
+            f"{redact_url(url)}: larger than --max-file-size {settings.max_file_bytes} "
+            "bytes; stopped (raise the limit if the export is really that large)"))
+    if compressed and size > 16 * CHUNK and size > settings.max_gzip_ratio * compressed:
+        raise LimitExceeded(scrub(
+            f"{redact_url(url)}: {compressed} compressed bytes expand past "
+            f"{settings.max_gzip_ratio:g} times their size (--max-gzip-ratio); stopped: a "
+            "decompression bomb or a broken file"))
+
+
+def check_free_space(folder: Path, need: int, settings: HttpSettings, url: str) -> None:
+    """Refuse to write `need` more bytes when the disk would keep under
+    `--min-free-space` (checked before a download and every 64 MiB during it)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free - need < settings.min_free_bytes:
+        raise NoSpace(scrub(
+            f"{redact_url(url)}: not enough free space in {folder}: {free} bytes free, "
+            f"{need} needed plus the --min-free-space reserve of {settings.min_free_bytes}; "
+            "nothing published"))
+
+
+def check_gzip_file(path: Path, settings: HttpSettings, url: str) -> None:
+    """A downloaded `.gz` file decompressed once, counting, before anything reads it:
+    within `--max-file-size` and `--max-gzip-ratio` (a 1 MB bomb never becomes 1 GiB).
+    A corrupt file is left to the reader, which reports it as unreadable."""
+    compressed = path.stat().st_size
+    size = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                size += len(chunk)
+                check_size(size, compressed, settings, url)
+    except (OSError, EOFError, zlib.error):
+        return
+
+
+MAX_URL_CHARS = 8192
+MAX_NAME_CHARS = 64
+
+
+def checked_link(target: object, current: str, shown: str, what: str) -> str:
+    """A URL a server handed us (a `next` link, a manifest file, a status URL), made
+    absolute against `current` and checked: a string, no spaces, at most 8192
+    characters, parseable, http(s) with a host. Anything else is a one-line
+    `ServerError` (`file://`, `javascript:`, `http://[::1`...)."""
+    if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target):
+        raise ServerError(scrub(f"{shown}: broken {what} {str(target)[:200]!r}"))
+    if len(target) > MAX_URL_CHARS:
+        raise ServerError(f"{shown}: {what} is {len(target)} characters long (at most "
+                          f"{MAX_URL_CHARS})")
+    try:
+        absolute = urljoin(current, target)  # an absolute link is kept exactly as given
+        parts = urlsplit(absolute)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ServerError(scrub(f"{shown}: {what} {redact_url(target)[:200]!r} is not a "
+                                f"valid URL ({exc})")) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ServerError(scrub(f"{shown}: {what} {redact_url(target)[:200]!r} is not an "
+                                "http(s) URL"))
+    return absolute
+
+
+def checked_name(value: object, shown: str, what: str) -> str:
+    """A short name a server gives (a resource type in a manifest): at most 64 letters,
+    digits, `-` or `_`, or a one-line `ServerError`."""
+    text = "" if value is None else str(value)
+    if len(text) > MAX_NAME_CHARS or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ServerError(scrub(f"{shown}: {what} {text[:40]!r}"
+                                + ("..." if len(text) > 40 else "")
+                                + f" is not a resource type (letters, at most "
+                                f"{MAX_NAME_CHARS})"))
+    return text
+
+
+def _content_length(response: requests.Response) -> int:
+    try:
+        return max(0, int(response.headers.get("Content-Length", "0")))
+    except ValueError:
+        return 0
+
+
+def _wire_bytes(response: requests.Response) -> int | None:
+    """Bytes read off the wire when the body is Content-Encoded (None otherwise)."""
+    if not response.headers.get("Content-Encoding", "").strip():
+        return None
+    try:
+        return int(response.raw.tell())
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 - internal signal
+    pass
+
+
+class _Deadline:
+    """Ends a request that passes `--request-deadline` (seconds since it was sent),
+    unless it is a download still averaging `--min-rate` bytes a second.
+
+    A timer thread shuts the connection's socket down, which wakes the blocked read of
+    the headers or the body; the reader's error then becomes `_DeadlinePassed` (not
+    retried). The connection is known from the moment the request is sent
+    (`_TrackingAdapter`), or from the response."""
+
+    def __init__(self, started: float, settings: HttpSettings, download: bool,
+                 shown: str) -> None:
+        self.response: requests.Response | None = None
+        self.connection: Any = None
+        self.started = started
+        self.settings = settings
+        self.download = download
+        self.shown = shown
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Deadline:
+        _tracking.deadline = self
+        if self.settings.deadline > 0:
+            self._arm(max(0.0, self.started + self.settings.deadline - time.monotonic()))
+        return self
+
+    def _arm(self, delay: float) -> None:
+        timer = threading.Timer(delay, self._fire)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                return
+            elapsed = time.monotonic() - self.started
+            if self.download and self.response is not None and self.settings.min_rate > 0 \
+                    and self._got() >= self.settings.min_rate * elapsed:
+                self._arm(min(60.0, self.settings.deadline))  # still moving: look again
+                return
+            self.fired = True
+            raw = getattr(self.response, "raw", None)
+            for connection in (self.connection, getattr(raw, "connection", None)):
+                sock = getattr(connection, "sock", None)
+                if isinstance(sock, socket.socket):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def _got(self) -> int:
+        try:
+            return int(self.response.raw.tell()) if self.response is not None else 0
+        except (AttributeError, TypeError, ValueError, OSError):
+            return 0
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        _tracking.deadline = None
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if self.fired:
+            elapsed = time.monotonic() - self.started
+            raise _DeadlinePassed(
+                f"{self.shown}: no complete answer within --request-deadline "
+                f"{self.settings.deadline:g} s ({self._got()} bytes in {elapsed:.0f} s"
+                + (f", under --min-rate {self.settings.min_rate:g} bytes/s"
+                   if self.download else "") + "); stopped")
+
+
+# The deadline of the request this thread is sending, for the connection to register on.
+_tracking = threading.local()
+
+
+class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        deadline = getattr(_tracking, "deadline", None)
+        if deadline is not None:
+            deadline.connection = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        deadline = getattr(_tracking, "deadline", None)
+        if deadline is not None:
+            deadline.connection = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """requests' adapter whose connections tell the request's `_Deadline` who they are,
+    so a server dripping its headers is cut off at the deadline too."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedPool,
+                                                   "https": _TrackedHTTPSPool}

@@ -19,13 +19,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
 
 from fhir_spine.errors import IncompletePull, ServerError
 from fhir_spine.fhir import EPOCH, instant, parse_instant
 from fhir_spine.redact import redact_params, redact_url
-from fhir_spine.sources.files import RawResource, ReadProblem, SourceItem
-from fhir_spine.sources.http import FhirClient, outcome_text
+from fhir_spine.sources.files import (
+    RawResource,
+    ReadProblem,
+    SourceItem,
+    too_deep,
+    too_deep_problem,
+)
+from fhir_spine.sources.http import FhirClient, checked_link, outcome_text
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ class RestOptions:
     # through `total`; reaching it triggers `_lastUpdated` windows. None: trust paging.
     cap: int | None = 10_000
     min_window_s: int = 1
+    # Pages one search may take (`--max-pages`); it also stops when its matches pass
+    # the `total` the server announced by more than a page (or 10 %).
+    max_pages: int = 10_000
 
 
 @dataclass
@@ -144,6 +152,7 @@ class Searcher:
             if record.total is None and isinstance(bundle.get("total"), int):
                 record.total = bundle["total"]
             items, ids = self._entries(bundle, shown, resource_type, record)
+            self._check_bounds(record, shown)
             if ids:
                 key = tuple(ids)
                 if key in pages_seen:
@@ -153,6 +162,10 @@ class Searcher:
                 empty_run = 0
             yield from items
             url = self._next_url(bundle, url, shown)
+            if url is not None and record.pages >= self.options.max_pages:
+                raise ServerError(f"GET {shown}: {record.pages} pages in one search and "
+                                  f"still a next link (--max-pages {self.options.max_pages}); "
+                                  "stopping")
             if url is not None:
                 if url in visited:
                     raise ServerError(f"GET {shown}: paging loop: the next link "
@@ -180,6 +193,16 @@ class Searcher:
         if not isinstance(bundle.get("entry", []), list):
             raise ServerError(f"GET {shown}: Bundle.entry is not a list")
 
+    def _check_bounds(self, record: SearchRecord, shown: str) -> None:
+        """A server whose `next` links never end cannot keep us paging: more matches
+        than its own `total` (plus a page or 10 % of slack), or `--max-pages`, stop."""
+        if record.total is not None:
+            margin = max(self.options.page_size, record.total // 10)
+            if record.matches > record.total + margin:
+                raise ServerError(f"GET {shown}: {record.matches} matches after "
+                                  f"{record.pages} pages, but the server announced total "
+                                  f"{record.total}; its paging does not end, stopping")
+
     def _next_url(self, bundle: dict[str, Any], current: str, shown: str) -> str | None:
         links = bundle.get("link") or []
         if not isinstance(links, list):
@@ -188,13 +211,7 @@ class Searcher:
                  and link.get("relation") == "next"]
         if not nexts:
             return None
-        target = nexts[0].get("url")
-        if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target):
-            raise ServerError(f"GET {shown}: broken next link {target!r}")
-        absolute = urljoin(current, target)  # an absolute link is kept exactly as given
-        if not absolute.startswith(("http://", "https://")):
-            raise ServerError(f"GET {shown}: next link {redact_url(target)!r} is not an "
-                              "http(s) URL")
+        absolute = checked_link(nexts[0].get("url"), current, f"GET {shown}", "next link")
         if not self.client.same_origin(absolute) and not self._warned_origin:
             self._warned_origin = True
             log.warning("the server's next links point to %s, not to %s: check the server's "
@@ -234,7 +251,8 @@ class Searcher:
                     raise ServerError(f"GET {shown}: searched {resource_type}, the server "
                                       f"returned a {rtype} as a match; its answer cannot "
                                       "be trusted")
-            items.append(RawResource(resource, where))
+            items.append(too_deep_problem(resource, where) if too_deep(resource)
+                         else RawResource(resource, where))
         return items, ids
 
     # ---------------------------------------------------------- cap windows

@@ -10,6 +10,8 @@ is checked against the manifest's `count` when the server gives one.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -22,12 +24,21 @@ import orjson
 
 from fhir_spine.errors import IncompletePull, ServerError
 from fhir_spine.fhir import medication_id
-from fhir_spine.redact import redact_url
+from fhir_spine.redact import redact_url, scrub
 from fhir_spine.sources.files import RawResource, ReadProblem, iter_folder
-from fhir_spine.sources.http import FhirClient
+from fhir_spine.sources.http import FhirClient, check_gzip_file
 from fhir_spine.sources.search import QueryLog, RestOptions, Searcher, pack_ids
 
-from .job import FOLDERS, JOB_FILE, BulkResult, JobState, load_job, save_job, write_atomic
+from .job import (
+    FOLDERS,
+    JOB_FILE,
+    BulkResult,
+    JobState,
+    load_job,
+    record_file,
+    save_job,
+    write_atomic,
+)
 from .request import BulkRequest
 from .server_files import count_lines, file_stem, read_deleted_file, read_error_file
 from .status import Expired, ExportFailed, PollTimeout, delete_job, kick_off, manifest_files, poll
@@ -81,7 +92,11 @@ class BulkExporter:
                 if job.state == "exporting":
                     self._poll()
                 if job.state == "downloading":
-                    self._download_all()
+                    try:
+                        self._download_all()
+                    except BaseException:
+                        self.save()  # job.json whole again (it is, with files.log, anyway)
+                        raise
                 break
             except Expired as exc:
                 if attempt == 2:
@@ -179,9 +194,11 @@ class BulkExporter:
                 if attempt == 2:
                     raise IncompletePull(message + " (twice); the export is incomplete")
                 log.warning("%s; downloading it again", message)
+            if item.kind == "error":  # the server's messages may quote the token
+                size, digest = scrub_file(path)
             item.name = str(path.relative_to(self.job_dir))
             item.lines, item.bytes, item.sha256, item.done = lines, size, digest, True
-            self.save()
+            record_file(self.job_dir, job, index)
             log.info("downloaded %s %s: %d lines, %d bytes", item.kind, item.type, lines, size)
 
     def _download(self, url: str, folder: Path, stem: str,
@@ -199,6 +216,12 @@ class BulkExporter:
             if exc.status in (404, 410):
                 raise Expired(f"{exc} (the export's files are gone)") from None
             raise
+        if got.gzip:  # a bomb is stopped before anything reads it
+            try:
+                check_gzip_file(got.path, client.settings, url)
+            except BaseException:
+                got.path.unlink(missing_ok=True)
+                raise
         final = folder / f"{stem}.ndjson{'.gz' if got.gzip else ''}"
         os.replace(got.path, final)
         return final, got.size, got.sha256
@@ -262,3 +285,22 @@ class BulkExporter:
         job.medications_fetched = True
         self.save()
         return len(lines)
+
+
+def scrub_file(path: Path) -> tuple[int, str]:
+    """An `error` file (OperationOutcomes, not data) rewritten line by line through the
+    secret scrubber, so the job folder holds no token a server echoed; its new size and
+    SHA-256."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    tmp = path.with_name(f".{path.name}.scrub")
+    digest = hashlib.sha256()
+    with opener(path, "rb") as src, opener(tmp, "wb") as dst:
+        for line in src:
+            text = line.decode("utf-8", "replace")
+            dst.write(scrub(text).encode("utf-8"))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()

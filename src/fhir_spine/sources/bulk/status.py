@@ -20,7 +20,15 @@ import requests
 
 from fhir_spine.errors import AuthError, ServerError
 from fhir_spine.redact import redact_url, scrub
-from fhir_spine.sources.http import FHIR_JSON, FhirClient, error_detail, one_line, parse_retry_after
+from fhir_spine.sources.http import (
+    FHIR_JSON,
+    FhirClient,
+    checked_link,
+    checked_name,
+    error_detail,
+    one_line,
+    parse_retry_after,
+)
 
 from .job import FileState
 from .request import BulkRequest
@@ -59,7 +67,8 @@ def kick_off(client: FhirClient, request: BulkRequest) -> tuple[str, str]:
     location = response.headers.get("Content-Location", "").strip()
     if not location:
         raise ServerError(f"{shown}: 202 without a Content-Location status URL")
-    return url, client.url(location)
+    return url, checked_link(_resolved(client, location), url, shown,
+                             "Content-Location status URL")
 
 
 def poll(client: FhirClient, status_url: str, *, timeout: float,
@@ -120,11 +129,14 @@ def manifest_files(client: FhirClient, manifest: dict[str, Any], shown: str
         if not isinstance(entries, list):
             raise ServerError(f"{shown}: manifest `{kind}` is not a list")
         for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            if not isinstance(entry, dict) or "url" not in entry:
                 raise ServerError(f"{shown}: manifest `{kind}` entry without a url")
             count = entry.get("count")
-            files.append(FileState(kind, str(entry.get("type") or ""),
-                                   client.url(entry["url"]),
+            files.append(FileState(kind, checked_name(entry.get("type"), shown,
+                                                      f"manifest `{kind}` type"),
+                                   checked_link(_resolved(client, entry["url"]),
+                                                client.base_url + "/", shown,
+                                                f"manifest `{kind}` url"),
                                    count if isinstance(count, int) else None))
     log.info("export complete (transactionTime %s): %d output, %d error, %d deleted "
              "file(s)", manifest.get("transactionTime"),
@@ -161,3 +173,14 @@ def _is_transient(response: requests.Response) -> bool:
         return False
     return isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" and any(
         isinstance(i, dict) and i.get("code") == "transient" for i in body.get("issue") or [])
+
+
+def _resolved(client: FhirClient, link: object) -> object:
+    """A server's link as `client.url` reads it (a relative one against the base URL);
+    anything that is not a clean string is left for `checked_link` to refuse."""
+    if isinstance(link, str) and link.strip() and not any(c.isspace() for c in link):
+        try:
+            return client.url(link)
+        except ValueError:
+            return link
+    return link
