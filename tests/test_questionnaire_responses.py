@@ -139,3 +139,14 @@ def test_rest_pull_skips_questionnaire_responses_a_server_does_not_offer():
     # not declared is not offered, even by a statement that lists no resources: searching
     # a type the server lacks would fail the whole pull
     assert optional_types_not_offered(statement(), types) == ("QuestionnaireResponse",)
+
+
+def test_an_unusable_authored_time_sets_aside_only_its_own_response(mappings):
+    """Only the response's own row sets it aside, never another resource's row."""
+    odd = qr("odd", PAIN, item("pain-intensity", {"valueInteger": 3}))
+    odd["authored"] = 20240301
+    r = run(mappings, qr("fine", PAIN, item("pain-intensity", {"valueInteger": 5})), odd)
+    assert ("fine", "vas") in measured(r) and ("odd", "vas") not in measured(r)
+    rows = [i for i in r.issues if i.resource_id == "odd"]
+    assert any(i.code == "unparseable-date" and i.sets_aside for i in rows), rows
+    assert not any(i.sets_aside for i in r.issues if i.resource_id == "fine")

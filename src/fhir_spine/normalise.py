@@ -583,24 +583,12 @@ class Normaliser:
             if len(self.issues) == first_issue:
                 self._issue("warning", "no-value", f"{shown} observation has no usable value",
                             row, pid)
-            for i in range(first_issue, len(self.issues)):
-                self.issues[i] = _set_aside(self.issues[i])
+            self._set_aside_since(first_issue)
             return
-        first_issue = len(self.issues)
-        effective = self._when(row.get("effective_datetime") or row.get("effective_period_start")
-                               or row.get("effective_instant") or row.get("issued"),
-                               row, pid, "effective")
-        if effective is None or not effective.is_day_precise:
-            if len(self.issues) == first_issue:  # _when said nothing: absent or not a string
-                self._issue("warning", "no-date", f"{shown} observation has no usable "
-                            "effective time", row, pid)
-            for i in range(first_issue, len(self.issues)):  # the row that says why
-                self.issues[i] = _set_aside(self.issues[i])
-            return
-        for concept, value in found.items():
-            m = Measurement(concept, value, effective, Source("Observation", str(row["id"])))
-            self.by_patient[pid].measurements.append(m)
-            self.measurement_rows.append((pid, m))
+        self._measurements(row, pid, found, row.get("effective_datetime")
+                           or row.get("effective_period_start")
+                           or row.get("effective_instant") or row.get("issued"),
+                           "effective", f"{shown} observation has no usable effective time")
 
     def questionnaire_response(self, row: Row) -> None:
         """One QuestionnaireResponse -> a measurement per mapped answered item (issue 11,
@@ -636,24 +624,36 @@ class Normaliser:
         first_issue = len(self.issues)
         found = self._observation_values(row, pid, candidates, "QuestionnaireResponse")
         if not found:
-            for i in range(first_issue, len(self.issues)):
-                self.issues[i] = _set_aside(self.issues[i])
+            self._set_aside_since(first_issue)
             if len(self.issues) == first_issue:
                 self._issue("warning", "no-value", "QuestionnaireResponse: no mapped item has "
                             "an answer", row, pid, sets_aside=True)
             return
-        authored = self._when(row.get("authored"), row, pid, "authored")
-        if authored is None or not authored.is_day_precise:
-            if authored is None and not row.get("authored"):
-                self._issue("warning", "no-date", "QuestionnaireResponse has no authored time",
-                            row, pid)
-            self.issues[-1] = _set_aside(self.issues[-1])
+        self._measurements(row, pid, found, row.get("authored"), "authored",
+                           "QuestionnaireResponse has no authored time")
+
+    def _measurements(self, row: Row, pid: str, found: dict[str, float], raw_time: Any,
+                      what: str, no_time: str) -> None:
+        """One measurement per value `found`, at `raw_time`; when that time cannot be placed
+        on a day the resource is set aside, with the row that says why (the parser's, or a
+        `no-date` warning `no_time` when it said nothing: absent, or not a string)."""
+        first_issue = len(self.issues)
+        when = self._when(raw_time, row, pid, what)
+        if when is None or not when.is_day_precise:
+            if len(self.issues) == first_issue:
+                self._issue("warning", "no-date", no_time, row, pid)
+            self._set_aside_since(first_issue)
             return
+        source = Source(str(row["resource_type"]), str(row["id"]))
         for concept, value in found.items():
-            m = Measurement(concept, value, authored,
-                            Source("QuestionnaireResponse", str(row["id"])))
+            m = Measurement(concept, value, when, source)
             self.by_patient[pid].measurements.append(m)
             self.measurement_rows.append((pid, m))
+
+    def _set_aside_since(self, first_issue: int) -> None:
+        """Mark the rows written since `first_issue` as the ones that set the row aside."""
+        for i in range(first_issue, len(self.issues)):
+            self.issues[i] = _set_aside(self.issues[i])
 
     def _observation_values(self, row: Row, pid: str,
                             candidates: list[tuple[str, str, values.FoundValue]],
