@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -167,3 +168,12 @@ def marker_hits(texts: dict[str, bytes]) -> list[str]:
             at = found.start()
             hits.append(f"{name}: ...{text[max(0, at - 40):at + 40]!r}...")
     return hits
+
+
+def scan(out: Path, *procs: subprocess.CompletedProcess[str]) -> list[str]:
+    """Markers found in every output file of `out` and in the runs' stdout and stderr."""
+    texts = output_texts(out)
+    for i, proc in enumerate(procs):
+        texts[f"stderr of run {i}"] = proc.stderr.encode()
+        texts[f"stdout of run {i}"] = proc.stdout.encode()
+    return marker_hits(texts)

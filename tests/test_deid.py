@@ -31,14 +31,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=600, env=env or ENV)
 
 
-def scan(out: Path, *procs: subprocess.CompletedProcess[str]) -> list[str]:
-    texts = mk.output_texts(out)
-    for i, proc in enumerate(procs):
-        texts[f"stderr of run {i}"] = proc.stderr.encode()
-        texts[f"stdout of run {i}"] = proc.stdout.encode()
-    return mk.marker_hits(texts)
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     return mk.write_cohort(tmp_path_factory.mktemp("markers"))
@@ -58,7 +50,7 @@ def deid_run(cohort, tmp_path_factory):
 def test_files_extract_with_pseudonymise_publishes_no_marker(deid_run):
     out, proc, report = deid_run
     assert (out / "report" / "report.html").is_file()
-    hits = scan(out, proc, report)
+    hits = mk.scan(out, proc, report)
     assert not hits, "\n".join(hits[:30])
 
 

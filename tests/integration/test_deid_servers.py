@@ -46,14 +46,6 @@ def marked(fhir_server, tmp_path) -> tuple[str, Path]:
     return fhir_server.base_url, mk.write_patients_file(tmp_path / "patients.txt")
 
 
-def scan(out: Path, *procs: subprocess.CompletedProcess[str]) -> list[str]:
-    texts = mk.output_texts(out)
-    for i, proc in enumerate(procs):
-        texts[f"stderr of run {i}"] = proc.stderr.encode()
-        texts[f"stdout of run {i}"] = proc.stdout.encode()
-    return mk.marker_hits(texts)
-
-
 def test_rest_extract_with_pseudonymise_publishes_no_marker(marked, tmp_path):
     base_url, patients = marked
     out = tmp_path / "out"
@@ -64,7 +56,7 @@ def test_rest_extract_with_pseudonymise_publishes_no_marker(marked, tmp_path):
         assert proc.returncode in (0, 1), proc.stderr
     runs.append(cli("report", str(out)))
     assert runs[-1].returncode == 0, runs[-1].stderr
-    hits = scan(out, *runs)
+    hits = mk.scan(out, *runs)
     assert not hits, "\n".join(hits[:30])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["query"]["not_found"]["Patient"][0].startswith("pat-")
@@ -87,7 +79,7 @@ def test_bulk_extract_with_pseudonymise_deletes_the_raw_export(marked, tmp_path)
     proc = cli("extract", "--server", base_url, "--bulk", "patient", "--out", str(out),
                "--pseudonymise")
     assert proc.returncode in (0, 1), proc.stderr
-    hits = scan(out, proc)
+    hits = mk.scan(out, proc)
     assert not hits, "\n".join(hits[:30])
     assert not (tmp_path / "out.bulk").exists()
     assert "deleted the raw export" in proc.stderr
@@ -114,7 +106,7 @@ def test_refresh_with_pseudonymise_publishes_no_marker(marked, tmp_path):
     assert '"full": false' in second.stderr or "changes since" in second.stdout
     report = cli("report", str(out))
     assert report.returncode == 0, report.stderr
-    hits = scan(out, first, second, report)
+    hits = mk.scan(out, first, second, report)
     assert not hits, "\n".join(hits[:30])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["location"].startswith("src-")
@@ -137,7 +129,7 @@ def test_bulk_refresh_with_pseudonymise_deletes_the_raw_layer(marked, tmp_path):
     proc = cli("refresh", "--server", base_url, "--out", str(out), "--bulk", "patient",
                "--pseudonymise")
     assert proc.returncode in (0, 1), proc.stderr
-    hits = scan(out, proc)
+    hits = mk.scan(out, proc)
     assert not hits, "\n".join(hits[:30])
     assert not (tmp_path / "out.state" / "bulk").exists()
     assert "deleted the raw export" in proc.stderr
@@ -145,4 +137,4 @@ def test_bulk_refresh_with_pseudonymise_deletes_the_raw_layer(marked, tmp_path):
                 "--pseudonymise", "--keep-raw")
     assert again.returncode in (0, 1), again.stderr
     assert (tmp_path / "out.state" / "bulk").is_dir() and "identified data" in again.stderr
-    assert not scan(out, again)
+    assert not mk.scan(out, again)
