@@ -29,8 +29,8 @@ from fhir_spine.issues import Issue
 from fhir_spine.normalise import CodeCount, Measurement, Normalised, age_notes, normalise
 from fhir_spine.pathway.classify import reconstruct
 from fhir_spine.pathway.model import PatientInput, PatientResult
-from fhir_spine.prefilter import Prefilter
-from fhir_spine.settings import Mappings
+from fhir_spine.prefilter import CODED_TYPES, Prefilter, accounting_view
+from fhir_spine.settings import DEFAULT_MAPPINGS, Mappings
 from fhir_spine.sources.export_artefacts import ExportArtefact
 from fhir_spine.sources.files import FileSource, RawResource, ReadProblem, SourceItem, iter_file
 from fhir_spine.validate import Mode, validation_problem
@@ -221,7 +221,23 @@ def _merge_all(reader: _Reader, source: FileSource, parts: Iterable[_FilePart],
 def _new_reader(mappings: Mappings, validation: Mode) -> _Reader:
     views = {rtype: compile_view(view) for rtype, view in mappings.views.items()
              if rtype in REGISTRY}
-    return _Reader(views, mappings.view_files, validation, Prefilter(mappings.concepts))
+    return _Reader(views, mappings.view_files, validation, Prefilter(mappings.concepts),
+                   _accounting_views(mappings))
+
+
+def _accounting_views(mappings: Mappings) -> dict[str, CompiledView]:
+    """The reduced views for resources the prefilter rejects (prefilter.py): coded types
+    whose view is the project's own, not a site's."""
+    default = (DEFAULT_MAPPINGS / "views").resolve()
+    out: dict[str, CompiledView] = {}
+    for rtype in CODED_TYPES & set(mappings.views):
+        path = mappings.view_files.get(rtype)
+        if rtype not in REGISTRY or path is None or Path(path).resolve().parent != default:
+            continue
+        reduced = accounting_view(mappings.views[rtype])
+        if reduced is not None:
+            out[rtype] = compile_view(reduced)
+    return out
 
 
 def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
@@ -250,9 +266,11 @@ class _Reader:
     """Items -> view rows by type and id, with the problems met and the counts so far."""
 
     def __init__(self, views: dict[str, CompiledView], files: Mapping[str, str],
-                 validation: Mode, prefilter: Prefilter) -> None:
+                 validation: Mode, prefilter: Prefilter,
+                 accounting: Mapping[str, CompiledView] | None = None) -> None:
         self.views = views
         self.prefilter = prefilter
+        self.accounting = dict(accounting or {})
         self.files = files
         self.validation = validation
         self.reset()
@@ -304,9 +322,12 @@ class _Reader:
             set_aside("error", "no-id", f"{rtype} at {item.origin} {shown}")
             return
         # Validation where it pays: `warn` validates only what can matter to the pathway
-        # (prefilter.py); `strict` validates every resource of a type it reads.
-        if self.validation == "strict" or (
-                self.validation == "warn" and self.prefilter.may_matter(resource)):
+        # (prefilter.py); `strict` validates every resource of a type it reads. What
+        # cannot matter is flattened by its accounting view only.
+        can_matter = self.prefilter.may_matter(resource)
+        if not can_matter and self.validation != "strict" and rtype in self.accounting:
+            view = self.accounting[rtype]
+        elif self.validation == "strict" or (self.validation == "warn" and can_matter):
             problem = validation_problem(resource)
             if problem is not None:
                 if self.validation == "strict":
@@ -326,7 +347,7 @@ class _Reader:
             return
         last_updated = str((resource.get("meta") or {}).get("lastUpdated") or "")
         rows = [{**r, "_origin": item.origin, "_last_updated": last_updated} for r in rows]
-        if resource.get("contained"):  # `#id` references resolve against these
+        if resource.get("contained") and can_matter:  # `#id` references resolve against these
             inner = contained_rows(resource, self.views)
             rows = [{**r, "_contained": inner} for r in rows]
         if self.entries is not None:

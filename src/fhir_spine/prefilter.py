@@ -8,11 +8,19 @@ declared profile is. Every other type the pathway reads (Patient, Encounter, the
 medication types, QuestionnaireResponse) can always matter. The test is deliberately
 generous: a false "can matter" costs one validation; a false "cannot" only skips the
 validation warning of a resource the handlers then set aside as unmapped anyway.
+
+A resource that cannot matter is not flattened by its whole view either: `accounting_view`
+keeps only the columns that account for it (its id, its patient, its codes: what the
+`codes` table counts and the quiet `unmapped-code` disposition needs), so the handlers
+still see it, count its codes and set it aside exactly as before, at a fraction of the
+cost (issue 16: on the Synthea corpus most resources are such). Only for the project's
+own views: a site view may read its codes from elsewhere (an extension, say), which the
+element list below does not look at, so a site view always flattens whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fhir_spine.concepts import Coding, ConceptMap
@@ -20,6 +28,24 @@ from fhir_spine.concepts import Coding, ConceptMap
 CODED_TYPES = frozenset({"Procedure", "Condition", "Observation", "DiagnosticReport"})
 _CODED_ELEMENTS = ("code", "category", "bodySite", "conclusionCode", "valueCodeableConcept")
 PROFILE_SYSTEM = "urn:fhir-spine:meta.profile"
+# The columns a handler reads before it sets a resource aside as `unmapped-code`
+# (normalise.py: patient, codes counted per element, the profile lookup of Procedure).
+ACCOUNTING_COLUMNS = frozenset({
+    "id", "resource_type", "patient_ref", "patient_reference", "codings",
+    "category_codings", "body_site_codings", "conclusion_codings", "components", "profiles"})
+
+
+def accounting_view(view: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`view` (a ViewDefinition as JSON) reduced to its `ACCOUNTING_COLUMNS`, or None when
+    it is not one flat `select` of columns (no forEach, unionAll or nesting): only such a
+    view keeps one row per resource when columns are dropped."""
+    selects = view.get("select")
+    if not isinstance(selects, list) or len(selects) != 1 or set(selects[0]) != {"column"}:
+        return None
+    if view.get("where"):
+        return None
+    columns = [c for c in selects[0]["column"] if c.get("name") in ACCOUNTING_COLUMNS]
+    return {**view, "select": [{"column": columns}]}
 
 
 class Prefilter:
