@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fhir_spine.errors import ConfigError
+from fhir_spine.issues import Issue
 
 ELEMENTS = (
     "procedure", "observation", "value", "report", "finding", "medication",
@@ -75,9 +76,22 @@ class _Entry:
         return self.low is not None and self.high is not None and self.low <= category <= self.high
 
 
+class CodeDecider(Protocol):
+    """Decides one code against an `is-a` parent (terminology_codes.CodeDecider)."""
+
+    def member(self, system: str, parent: str, code: str) -> bool: ...
+
+    def take_issues(self) -> list[Issue]: ...
+
+
 @dataclass
 class ConceptMap:
-    """All entries, grouped by element, in file order (first match wins)."""
+    """All entries, grouped by element, in file order (first match wins).
+
+    `decider` and the open `is-a` entries (`decide_by_server`): a coding no entry matches,
+    of a system with an open entry in its element group, is asked of the terminology
+    server (an incomplete expansion; terminology.py).
+    """
 
     entries: dict[str, list[_Entry]] = field(default_factory=dict)
     meanings: dict[str, str] = field(default_factory=dict)
@@ -86,13 +100,17 @@ class ConceptMap:
     _cache: dict[tuple[str, str, str], _Entry | None] = field(default_factory=dict, repr=False)
     _also_cache: dict[tuple[str, str, str], tuple[_Entry, ...]] = field(default_factory=dict,
                                                                         repr=False)
+    decider: CodeDecider | None = field(default=None, repr=False)
+    # (element, system) -> `is-a` entries whose expansion was incomplete, in file order
+    _open: dict[tuple[str, str], list[_Entry]] = field(default_factory=dict, repr=False)
 
     def lookup(self, element: str, coding: Coding) -> Match | None:
         key = (element, coding.system, coding.code)
         if key not in self._cache:
-            self._cache[key] = next(
-                (e for e in self.entries.get(element, ()) if e.matches(coding)), None
-            )
+            entry = next((e for e in self.entries.get(element, ()) if e.matches(coding)), None)
+            if entry is None and self.decider is not None:
+                entry = self._decided(element, coding)
+            self._cache[key] = entry
         entry = self._cache[key]
         if entry is None:
             return None
@@ -179,6 +197,26 @@ class ConceptMap:
         """(concept, system, parent code) of every `is-a` entry."""
         return [(e.concept, e.system, e.is_a) for entries in self.entries.values()
                 for e in entries if e.is_a is not None]
+
+    def decide_by_server(self, concept: str, system: str, parent: str) -> None:
+        """Mark `concept`'s `is-a parent` entry open: codes of `system` that no entry of
+        its element matches are asked of `decider` (its expansion was incomplete)."""
+        element = self.element_of[concept]
+        entry = next(e for e in self.entries[element]
+                     if e.concept == concept and e.system == system and e.is_a == parent)
+        self._open.setdefault((element, system), []).append(entry)
+        self._cache.clear()
+        self._also_cache.clear()
+
+    def _decided(self, element: str, coding: Coding) -> _Entry | None:
+        """The first open `is-a` entry the server puts `coding` under, if any. Only for a
+        coding no entry matches: a known code, or one of a system with no open entry,
+        never costs a request."""
+        assert self.decider is not None
+        for entry in self._open.get((element, coding.system), ()):
+            if self.decider.member(coding.system, str(entry.is_a), coding.code):
+                return entry
+        return None
 
     def add_descendants(self, concept: str, system: str, parent: str,
                         codes: Iterable[str]) -> int:

@@ -201,9 +201,21 @@ def manifest(dataset: Dataset, mappings: Mappings, *, validation: str,
         "mapping_files": [{"path": str(f.path), "sha256": f.sha256} for f in mappings.files],
         "validation": validation,
         **({"terminology": mappings.terminology} if mappings.terminology else {}),
-        "warnings": ([mappings.terminology["warning"]]
-                     if mappings.terminology and mappings.terminology.get("warning") else []),
+        "warnings": _terminology_warnings(mappings.terminology),
     }
+
+
+def _terminology_warnings(block: Mapping[str, Any] | None) -> list[str]:
+    """The run warnings of the `terminology` block: the server not used at all, or codes
+    it could not decide (`--terminology-optional`; each an issues row)."""
+    if not block:
+        return []
+    out = [str(block["warning"])] if block.get("warning") else []
+    if block.get("codes_failed"):
+        out.append(f"terminology server {block.get('server')}: {block['codes_failed']} "
+                   "code(s) could not be decided and count as not members "
+                   "(--terminology-optional; see issues `terminology-undecided`)")
+    return out
 
 
 def deidentified(tables: Tables, meta: Mapping[str, Any], options: DeidOptions | None,

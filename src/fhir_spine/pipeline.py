@@ -249,10 +249,12 @@ def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
          for rtype, by_id in reader.rows.items()},
         mappings.concepts, mappings.settings, mappings.questionnaires)
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
+    decider = mappings.concepts.decider  # codes a terminology server could not decide
+    undecided = decider.take_issues() if decider is not None else []
 
     counts, pending = _account(reader, normalised, results)
     quiet = reader.quiet
-    normalise_issues = count_quiet(quiet, normalised.issues)
+    normalise_issues = count_quiet(quiet, [*normalised.issues, *undecided])
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
         (*normalise_issues, *age_notes(normalised, results)), normalised.codes,

@@ -365,6 +365,18 @@ MANIFEST = [
     Column("mapping_files[].path", "string", "mapping file (defaults by package name, site "
            "files by path)", deid="provenance"),
     Column("mapping_files[].sha256", "string", "SHA-256 of the file", deid="keep"),
+    Column("terminology", "object", "--terminology: server used, max_expansion, code system "
+           "versions (system -> versions), codes_added; per-code decisions of incomplete "
+           "expansions: codes_decided = codes_member + codes_not_member (of these "
+           "codes_unknown to the server and codes_failed), requests, operations (answers "
+           "per operation)", deid="keep"),
+    Column("terminology.server", "string", "terminology server base URL", deid="provenance"),
+    Column("terminology.warning", "string", "why the server was not used", deid="scrub"),
+    Column("terminology.expansions[]", "object", "per is-a entry: concept, system, is-a, "
+           "codes listed, added", deid="keep"),
+    Column("terminology.expansions[].incomplete", "string", "why the expansion was "
+           "incomplete (total above the codes returned, cap reached, refused with the "
+           "server's reason); null when complete", deid="scrub"),
     Column("warnings", "list", "run warnings", deid="scrub"),
     Column("pseudonymisation", "object", "method, key id (never the key), rules applied",
            deid="keep"),

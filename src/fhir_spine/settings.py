@@ -58,6 +58,9 @@ class PathwaySettings:
     # empty = offline expansions only. Optional: a server that is down is a warning.
     terminology: str = ""
     terminology_optional: bool = False
+    # `count` of each `$expand`; an expansion that reaches it is incomplete and its codes
+    # are decided one by one (terminology_codes.py).
+    terminology_max_expansion: int = 10000
     therapy_modality_window_days: int = 30
     baseline_lookback_days: int = 90
     at_diagnosis_window_days: int = 14
@@ -154,6 +157,9 @@ class PathwaySettings:
         if unknown_roles:
             raise ConfigError(f"settings.yaml: procedure_statuses_by_role: unknown role(s) "
                               f"{', '.join(unknown_roles)}; expected {', '.join(PROCEDURE_ROLES)}")
+        if settings.terminology_max_expansion < 1:
+            raise ConfigError("settings: terminology_max_expansion must be at least 1, not "
+                              f"{settings.terminology_max_expansion}")
         try:
             settings.tz  # noqa: B018 - validate early, with a clear message
         except (ZoneInfoNotFoundError, ValueError):
@@ -241,7 +247,8 @@ def load_mappings(
         from fhir_spine.terminology import apply
 
         terminology = apply(concepts, settings.terminology,
-                            optional=settings.terminology_optional)
+                            optional=settings.terminology_optional,
+                            max_expansion=settings.terminology_max_expansion)
     questionnaires = _questionnaire_map(site_dir, files, concepts)
 
     views: dict[str, dict[str, Any]] = {}

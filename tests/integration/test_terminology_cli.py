@@ -4,7 +4,9 @@
 The SNOMED CT fragment of test_hapi_terminology.py is stored with one more child of
 128462008 that concepts.yaml does not list. A Condition coded with that child is the
 secondary malignancy with `--terminology` and an unmapped code without it (both asserted, in
-codes.csv). The fragment is put back as it was afterwards.
+codes.csv). With the expansion cap at 1, HAPI refuses the expansion and the codes it would
+have listed are decided one by one with `CodeSystem/$subsumes`. The fragment is put back as
+it was afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = "999000001"  # test-only code: a child of 128462008 in the fragment, not in concepts.yaml
+UNRELATED = "999000002"  # test-only root concept of the fragment, outside 128462008
+NOT_IN_SERVER = "999999999"  # in no CodeSystem on the server
+BONE_METASTASIS = "94222008"  # listed under secondary-malignancy in concepts.yaml
 PYTHON = os.environ.get("FHIR_SPINE_PYTHON", sys.executable)
 
 
@@ -43,6 +48,7 @@ def fragment(hapi_server):
     extended = copy.deepcopy(CODE_SYSTEM)
     extended["concept"][0]["concept"].append(
         {"code": CHILD, "display": "Test-only secondary malignant neoplasm (fhir-spine)"})
+    extended["concept"].append({"code": UNRELATED, "display": "Test-only unrelated (fhir-spine)"})
     _put(base, extended)
     yield base
     _put(base, CODE_SYSTEM)
@@ -64,6 +70,61 @@ def _source(tmp_path: Path) -> Path:
     (src / "data.ndjson").write_text("\n".join(json.dumps(r) for r in (patient, condition))
                                      + "\n", encoding="utf-8")
     return src
+
+
+def _condition(n: int, code: str) -> dict:
+    return {"resourceType": "Condition", "id": f"c{n}", "subject": {"reference": f"Patient/p{n}"},
+            "code": {"coding": [{"system": SCT, "code": code}]}, "onsetDateTime": "2023-03-01"}
+
+
+def _per_code_source(tmp_path: Path) -> Path:
+    """Three files (so `--jobs 2` reads them in two processes), each code twice or more."""
+    src = tmp_path / "per-code"
+    src.mkdir()
+    codes = [CHILD, UNRELATED, NOT_IN_SERVER, BONE_METASTASIS, CHILD, UNRELATED]
+    for f in range(3):
+        lines = []
+        for n in range(f * 2, f * 2 + 2):
+            lines.append({"resourceType": "Patient", "id": f"p{n}", "gender": "male",
+                          "birthDate": "1955-05-05"})
+            lines.append(_condition(n, codes[n]))
+        (src / f"part{f}.ndjson").write_text(
+            "\n".join(json.dumps(r) for r in lines) + "\n", encoding="utf-8")
+    return src
+
+
+def _tables(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "manifest.json"}
+
+
+def test_incomplete_expansion_decides_codes_with_subsumes(fragment, tmp_path):
+    src = _per_code_source(tmp_path)
+    metas = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        run = _fhir_spine("--quiet", "extract", "--source", str(src), "--out", str(out),
+                          "--terminology", fragment, "--terminology-max-expansion", "1",
+                          "--jobs", jobs)
+        assert run.returncode == 0, run.stderr
+        metas[jobs] = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    one, two = tmp_path / "jobs1", tmp_path / "jobs2"
+    assert _concept_of(one, CHILD) == "secondary-malignancy"  # decided by $subsumes
+    assert _concept_of(one, UNRELATED) == ""
+    assert _concept_of(one, NOT_IN_SERVER) == ""
+    assert _concept_of(one, BONE_METASTASIS) == "secondary-malignancy"  # listed: not asked
+    term = metas["1"]["terminology"]
+    [expansion] = term["expansions"]
+    # HAPI refuses an expansion larger than `count`: "HAPI-0831 ... too many codes (maximum 1)"
+    assert expansion["incomplete"].startswith("refused: 500 ") and "maximum 1" in \
+        expansion["incomplete"], expansion
+    assert expansion["codes"] == expansion["added"] == 0 and term["max_expansion"] == 1
+    # one question per distinct code not known to the map, however often it is met
+    assert (term["codes_decided"], term["codes_member"], term["codes_not_member"]) == (3, 1, 2)
+    assert term["codes_unknown"] == 1 and term["codes_failed"] == 0  # HAPI: 400 Unknown code
+    assert term["requests"] == 3 and term["operations"] == {"$subsumes": 3}
+    assert metas["1"]["settings"]["terminology_max_expansion"] == 1
+    assert metas["2"]["terminology"] == term
+    assert _tables(one) == _tables(two)  # byte for byte, whatever --jobs is
 
 
 def _concept_of(out: Path, code: str) -> str:

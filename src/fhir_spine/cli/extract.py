@@ -213,13 +213,17 @@ def add_pathway_options(p: argparse.ArgumentParser) -> None:
                    "(SNOMED CT is-a); default: the offline expansions of concepts.yaml")
     p.add_argument("--terminology-optional", action="store_true", default=None,
                    help="a terminology server that cannot answer is a warning, not an error")
+    p.add_argument("--terminology-max-expansion", type=int, metavar="N",
+                   help="codes asked of each $expand; past it, codes are decided one by one "
+                   "with $subsumes (default 10000)")
 
 
 def pathway_overrides(args: argparse.Namespace) -> dict[str, object]:
     check_timezone(args.timezone)
     return {"timezone": args.timezone, "same_session_gap_hours": args.same_session_gap_hours,
             "terminology": getattr(args, "terminology", None),
-            "terminology_optional": getattr(args, "terminology_optional", None)}
+            "terminology_optional": getattr(args, "terminology_optional", None),
+            "terminology_max_expansion": getattr(args, "terminology_max_expansion", None)}
 
 
 def check_timezone(name: str | None) -> None:
