@@ -128,3 +128,19 @@ def test_a_site_view_is_always_flattened_whole(tmp_path: Path):
     mappings = load_mappings(tmp_path, {})
     assert "Condition" not in pipeline._accounting_views(mappings)
     assert "Observation" in pipeline._accounting_views(mappings)
+
+
+def test_codes_a_terminology_server_decides_one_by_one_are_never_rejected():
+    """An `is-a` entry whose expansion was incomplete leaves its system's codes to the
+    server (terminology_codes.py): the prefilter must let them through whole, or a code
+    the server puts under the entry would be flattened without its dates."""
+    cmap = load_mappings(None, {}).concepts
+    unknown = {"resourceType": "Condition", "id": "c", "code": {"coding": [
+        {"system": SCT, "code": "999999999"}]}}
+    assert not Prefilter(cmap).may_matter(unknown)
+    cmap.decider = object()  # type: ignore[assignment]  # never asked by the prefilter
+    cmap.decide_by_server("secondary-malignancy", SCT, "128462008")
+    assert Prefilter(cmap).may_matter(unknown)
+    other = {"resourceType": "Condition", "id": "c", "code": {"coding": [
+        {"system": "http://loinc.org", "code": "0000-0"}]}}
+    assert not Prefilter(cmap).may_matter(other)

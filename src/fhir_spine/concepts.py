@@ -208,6 +208,12 @@ class ConceptMap:
         self._cache.clear()
         self._also_cache.clear()
 
+    def open_systems(self) -> frozenset[str]:
+        """Systems with an open `is-a` entry and a decider: any code of theirs may map."""
+        if self.decider is None:
+            return frozenset()
+        return frozenset(system for _, system in self._open)
+
     def _decided(self, element: str, coding: Coding) -> _Entry | None:
         """The first open `is-a` entry the server puts `coding` under, if any. Only for a
         coding no entry matches: a known code, or one of a system with no open entry,

@@ -58,13 +58,16 @@ class Prefilter:
                     self.exact.add((e.system, e.code))
                 else:
                     self.patterns.setdefault(e.system, []).append(e)
+        # A terminology server decides the codes of these systems one by one
+        # (terminology_codes.py): any of them may map, so none is rejected here.
+        self.open_systems = concepts.open_systems()
         self._seen: dict[tuple[str, str], bool] = {}
 
     def known(self, system: str, code: str) -> bool:
         key = (system, code)
         hit = self._seen.get(key)
         if hit is None:
-            hit = key in self.exact or any(
+            hit = key in self.exact or system in self.open_systems or any(
                 e.matches(Coding(system, code)) for e in self.patterns.get(system, ()))
             self._seen[key] = hit
         return hit
