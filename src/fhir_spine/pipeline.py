@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from fhir_spine import what_if
 from fhir_spine.contained import contained_rows
 from fhir_spine.errors import ConfigError
 from fhir_spine.handlers import REGISTRY, view_rows
@@ -228,18 +229,19 @@ def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
     # Rows are handled in id order, not reading order, so that what the pathway sees (and
     # the order of its decisions) depends on the resources, not on how a source or a
     # refresh's store happened to list them.
-    normalised = normalise(
-        {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
-         for rtype, by_id in reader.rows.items()},
-        mappings.concepts, mappings.settings, mappings.questionnaires)
+    rows = {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
+            for rtype, by_id in reader.rows.items()}
+    normalised = normalise(rows, mappings.concepts, mappings.settings,
+                           mappings.questionnaires)
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
+    codes = what_if.annotate(normalised.codes, rows, results, mappings)
 
     counts, pending = _account(reader, normalised, results)
     quiet = reader.quiet
     normalise_issues = count_quiet(quiet, normalised.issues)
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
-        (*normalise_issues, *age_notes(normalised, results)), normalised.codes,
+        (*normalise_issues, *age_notes(normalised, results)), codes,
         normalised.measurements,
         MappingProxyType(dict(reader.read_by_type)), counts, MappingProxyType(pending),
         normalised.referenced_medications,
