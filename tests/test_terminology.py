@@ -43,12 +43,19 @@ def test_expansion_adds_descendants_and_reports():
     session = _Session(_Answer(200, expansion))
     cmap = _cmap()
     report = terminology.apply(cmap, "http://127.0.0.1:1/fhir/", session=session)
-    [(url, body)] = session.calls
-    assert url == "http://127.0.0.1:1/fhir/ValueSet/$expand"
-    include = body["parameter"][0]["resource"]["compose"]["include"][0]
-    assert include["filter"] == [{"property": "concept", "op": "is-a", "value": "128462008"}]
+    # one $expand per is-a entry: secondary-malignancy's 128462008, tumour-other's 363346000
+    assert [url for url, _ in session.calls] == ["http://127.0.0.1:1/fhir/ValueSet/$expand"] * 2
+    parents = [body["parameter"][0]["resource"]["compose"]["include"][0]["filter"]
+               for _, body in session.calls]
+    assert parents == [[{"property": "concept", "op": "is-a", "value": v}]
+                       for v in ("128462008", "363346000")]
+    # the fake server gives both the same answer: the earlier, more specific concept keeps
+    # its codes, and the catch-all's expansion adds no second concept to them
     assert cmap.lookup("finding", Coding(SCT, "555")).concept == "secondary-malignancy"
-    assert report["codes_added"] == 1 and report["code_systems"] == {SCT: ["20240101"]}
+    assert cmap.matches("finding", [Coding(SCT, "555")])[0].concept == "secondary-malignancy"
+    assert len(cmap.matches("finding", [Coding(SCT, "555")])) == 1
+    assert [e["added"] for e in report["expansions"]] == [1, 3]
+    assert report["code_systems"] == {SCT: ["20240101"]}
     assert report["expansions"][0]["codes"] == 3
 
 
