@@ -182,7 +182,9 @@ EVENTS = [
 
 OBSERVATIONS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)", deid="pseudonym"),
-    Column("measure", "string", "measure name", ", ".join(MEASURES), deid="keep"),
+    Column("measure", "string", "measure name (karnofsky, mCODE LOINC 89243-0 0-100, is "
+           "recorded here only and never converted to ECOG: PATHWAY.md defines no such "
+           "rule)", ", ".join(MEASURES), deid="keep"),
     Column("value", "float", "numeric value (coded answers converted)", deid="keep"),
     Column("effective", "string", "effective time: instant in the site zone, or date",
            deid="date-shift"),
