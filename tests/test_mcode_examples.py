@@ -36,6 +36,8 @@ REPORT = TESTS / ".cache" / "mcode-examples-report.json"
 EVIDENCE: dict[str, tuple[str, str]] = {
     "ecog-performance-status-jenny-m": ("Observation", "measure:ecog=0"),
     "ecog-performance-status-fully-active": ("Observation", "measure:ecog=0"),
+    # its own measure, 0-100, never converted to ECOG (PATHWAY.md has no such rule)
+    "karnofsky-performance-status-normal-activity": ("Observation", "measure:karnofsky=90"),
     "radiotherapy-treatment-summary-chest-wall-jenny-m": ("Procedure", "therapy-radiotherapy"),
     "radiotherapy-treatment-summary-other-with-text": ("Procedure", "therapy-radiotherapy"),
     "cancer-related-surgical-procedure-jenny-m": ("Procedure", "therapy-surgery"),

@@ -42,3 +42,42 @@ def test_secondary_malignancy_by_site_specific_snomed_code():
             "code": {"coding": [{"system": SCT, "code": "94225005"}]}}
     [c] = run(cond).inputs["p1"].conditions
     assert c.finding == "secondary-malignancy"
+
+
+# ------------------------------------------------ performance status (mCODE STU4 examples)
+
+def _mcode_example(name: str) -> dict:
+    """An example instance of the mCODE STU4 npm package, on our patient p1."""
+    import json
+
+    from test_mcode_examples import DEFAULT_DIR
+
+    res = json.loads((DEFAULT_DIR / "example" / f"Observation-{name}.json").read_text())
+    res["subject"] = {"reference": "Patient/p1"}
+    return res
+
+
+def _measures(result) -> dict[str, float]:
+    return {m.measure: m.value for _, m in result.measurements}
+
+
+def test_mcode_ecog_reads_a_value_integer_and_an_la_coded_value():
+    as_integer = _mcode_example("ecog-performance-status-fully-active")
+    assert as_integer["valueInteger"] == 0
+    coded = {**as_integer, "id": "ecog-coded"}
+    del coded["valueInteger"]
+    coded["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org",
+                                                 "code": "LA9624-3"}]}  # ECOG 2
+    assert _measures(run(as_integer)) == {"ecog": 0}
+    assert _measures(run(coded)) == {"ecog": 2}
+
+
+def test_mcode_karnofsky_is_its_own_measure_never_ecog():
+    karnofsky = _mcode_example("karnofsky-performance-status-normal-activity")
+    assert karnofsky["code"]["coding"][0]["code"] == "89243-0"
+    r = run(karnofsky)
+    assert _measures(r) == {"karnofsky": 90}  # the value as sent; no ECOG made of it
+    out_of_range = {**karnofsky, "id": "k-bad", "valueInteger": 130}
+    bad = run(out_of_range)
+    assert _measures(bad) == {}
+    assert any("karnofsky" in i.message for i in bad.issues)

@@ -144,3 +144,18 @@ def test_codes_a_terminology_server_decides_one_by_one_are_never_rejected():
     other = {"resourceType": "Condition", "id": "c", "code": {"coding": [
         {"system": "http://loinc.org", "code": "0000-0"}]}}
     assert not Prefilter(cmap).may_matter(other)
+
+
+def test_an_unmapped_code_the_lexicon_suggests_a_concept_for_can_matter():
+    """what_if.py reruns the pathway with such a code mapped: it needs the whole row."""
+    from fhir_spine.review import default_lexicon
+
+    radiation = proc("999000111")
+    radiation["code"]["coding"][0]["display"] = "Stereotactic radiation therapy of spine"
+    assert not PF.may_matter(radiation)
+    with_lexicon = Prefilter(MAPPINGS.concepts, default_lexicon())
+    assert with_lexicon.may_matter(radiation)
+    assert not with_lexicon.may_matter(proc("73761001"))  # no display: nothing to suggest
+    colonoscopy = proc("73761001")
+    colonoscopy["code"]["coding"][0]["display"] = "Colonoscopy"
+    assert not with_lexicon.may_matter(colonoscopy)

@@ -17,7 +17,6 @@ import yaml
 
 from fhir_spine import review
 from fhir_spine.settings import DEMO_COHORT
-from fhir_spine.tables import codes_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -111,12 +110,72 @@ def test_suggestions_by_element():
     assert review.suggest("Procedure", "Procedure.code", None) is None
 
 
-def test_affected_counts_only_patients_the_concept_would_help():
-    from fhir_spine.normalise import CodeCount
+def _order(pid: str, code: str, display: str, authored: str) -> dict[str, object]:
+    return {"resourceType": "MedicationRequest", "id": f"{pid}-{code}", "status": "completed",
+            "intent": "order", "subject": {"reference": f"Patient/{pid}"},
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code,
+                                                      "display": display}]},
+            "authoredOn": authored}
 
-    patients = pd.DataFrame({"patient_id": ["a", "b", "c"], "included": [False, False, True],
-                             "exclusion_reasons": ["no-definitive-therapy", "under-18", ""]})
-    counts = [CodeCount(("MedicationRequest", "MedicationRequest.medicationCodeableConcept",
-                         RXNORM, "x"), 3, frozenset("abc"), {"docetaxel 20 MG": 3}, None)]
-    row = codes_table(counts, patients).iloc[0]
-    assert row["suggested_concept"] == "systemic-therapy" and row["patients_affected"] == 1
+
+def test_patients_affected_is_the_patients_whose_classification_changes(tmp_path):
+    """Exact, not an upper bound: the pathway is rerun with the code mapped as suggested.
+
+    p018 is excluded as cervical (with a therapy already): a chemotherapy order changes
+    nothing. p091 is excluded only for no-definitive-therapy: an order before its biopsy is
+    no definitive therapy (the old bound counted it), one after its stabilization is."""
+    from fhir_spine.pipeline import extract_files
+    from fhir_spine.settings import load_mappings
+    from fhir_spine.sources.files import FileSource
+    from fhir_spine.tables import build_tables
+
+    source = tmp_path / "source"
+    shutil.copytree(DEMO_COHORT, source)
+    orders = [
+        _order("p018", "t-docetaxel", "Docetaxel 20 MG/ML Injection", "2023-06-20T09:00:00Z"),
+        _order("p091", "t-paclitaxel", "Paclitaxel 6 MG/ML Injection", "2019-01-10T09:00:00Z"),
+        _order("p018", "t-cisplatin", "Cisplatin 1 MG/ML Injection", "2023-06-20T09:00:00Z"),
+        _order("p091", "t-cisplatin", "Cisplatin 1 MG/ML Injection", "2023-06-20T09:00:00Z"),
+    ]
+    with (source / "MedicationRequest.ndjson").open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(o) + "\n" for o in orders)
+    mappings = load_mappings()
+    tables = build_tables(extract_files(FileSource(source), mappings, jobs=1))
+    codes = tables.codes.set_index("code")
+    for code, carriers, affected in (("t-docetaxel", 1, 0), ("t-paclitaxel", 1, 0),
+                                     ("t-cisplatin", 2, 1)):
+        assert codes.loc[code, "suggested_concept"] == "systemic-therapy"
+        assert (codes.loc[code, "patients"], codes.loc[code, "patients_affected"]) == \
+            (carriers, affected), code
+    flagged = tables.issues[tables.issues["code"] == review.ISSUE_CODE]
+    assert list(flagged["message"].str.contains("t-cisplatin")) == [True]
+    # the same numbers whatever the split of the work (--jobs)
+    again = build_tables(extract_files(FileSource(source), mappings, jobs=2)).codes
+    assert again.equals(tables.codes)
+
+
+def test_patients_affected_counts_a_suggested_procedure_code(tmp_path):
+    """A Procedure whose code no concept maps is one the prefilter would flatten by its
+    accounting view only (no date); a display the lexicon suggests a concept for keeps
+    it whole, so the rerun places it: p091's radiotherapy after its stabilization makes
+    it included (1 patient affected), as the order does in the test above."""
+    from fhir_spine.pipeline import extract_files
+    from fhir_spine.settings import load_mappings
+    from fhir_spine.sources.files import FileSource
+    from fhir_spine.tables import build_tables
+
+    source = tmp_path / "source"
+    shutil.copytree(DEMO_COHORT, source)
+    radiation = {"resourceType": "Procedure", "id": "p091-rt", "status": "completed",
+                 "subject": {"reference": "Patient/p091"},
+                 "code": {"coding": [{"system": "http://site.example/procedures",
+                                      "code": "RT-SPINE",
+                                      "display": "Palliative radiation therapy, spine"}]},
+                 "performedDateTime": "2023-06-20T09:00:00Z"}
+    with (source / "Procedure.ndjson").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(radiation) + "\n")
+    tables = build_tables(extract_files(FileSource(source), load_mappings(), jobs=1))
+    codes = tables.codes.set_index("code")
+    assert codes.loc["RT-SPINE", "suggested_concept"] == "radiotherapy"
+    assert (codes.loc["RT-SPINE", "patients"], codes.loc["RT-SPINE", "patients_affected"]) \
+        == (1, 1)

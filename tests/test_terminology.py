@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json as _json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -52,6 +53,19 @@ def _subsumes_answers(outcomes):
     return callback
 
 
+def _expand_secondary(status=200, json=None):
+    """$expand answers `status`/`json` for secondary-malignancy's is-a 128462008 and a
+    complete one-code expansion for any other is-a entry (tumour-other's 363346000), so
+    only the entry under test is left to per-code decisions."""
+    def callback(request):
+        body = _json.loads(request.body)
+        parent = body["parameter"][0]["resource"]["compose"]["include"][0]["filter"][0]["value"]
+        if parent == PARENT:
+            return status, {}, _json.dumps(json)
+        return 200, {}, _json.dumps(_expansion([parent], total=1))
+    responses.add_callback(responses.POST, EXPAND, callback=callback)
+
+
 def _asked(kind):
     return [c.request for c in responses.calls if kind in c.request.url]
 
@@ -67,18 +81,23 @@ def test_expansion_adds_descendants_and_reports():
     responses.post(EXPAND, json=_expansion([PARENT, "94222008", "555"], total=3))
     cmap = _cmap()
     report = terminology.apply(cmap, BASE + "/")
-    [call] = responses.calls
-    body = json.loads(call.request.body)
-    include = body["parameter"][0]["resource"]["compose"]["include"][0]
-    assert include["filter"] == [{"property": "concept", "op": "is-a", "value": PARENT}]
-    assert body["parameter"][1] == {"name": "count", "valueInteger": terminology.MAX_CODES}
+    # one $expand per is-a entry: secondary-malignancy's 128462008, tumour-other's 363346000
+    assert [c.request.url for c in responses.calls] == [EXPAND] * 2
+    bodies = [json.loads(c.request.body) for c in responses.calls]
+    assert [b["parameter"][0]["resource"]["compose"]["include"][0]["filter"] for b in bodies] \
+        == [[{"property": "concept", "op": "is-a", "value": v}] for v in (PARENT, "363346000")]
+    assert bodies[0]["parameter"][1] == {"name": "count", "valueInteger": terminology.MAX_CODES}
+    # the fake server gives both the same answer: the earlier, more specific concept keeps
+    # its codes, and the catch-all's expansion adds no second concept to them
     assert _finding(cmap, "555") == "secondary-malignancy"
-    assert report["codes_added"] == 1 and report["code_systems"] == {SCT: ["20240101"]}
+    assert len(cmap.matches("finding", [Coding(SCT, "555")])) == 1
+    assert [e["added"] for e in report["expansions"]] == [1, 3]
+    assert report["codes_added"] == 4 and report["code_systems"] == {SCT: ["20240101"]}
     assert report["expansions"][0]["codes"] == 3
     assert report["expansions"][0]["incomplete"] is None
     # complete: an unknown code is simply unmapped, and never asked
     assert _finding(cmap, "777") is None
-    assert cmap.decider is None and len(responses.calls) == 1
+    assert cmap.decider is None and len(responses.calls) == 2
 
 
 @responses.activate
@@ -102,7 +121,7 @@ def test_server_error_answer():
 # -- incomplete expansions: per-code decisions -----------------------------------------------
 @responses.activate
 def test_truncated_expansion_decides_unknown_codes_with_subsumes_once_each():
-    responses.post(EXPAND, json=_expansion([PARENT, "94222008"], total=40000))
+    _expand_secondary(json=_expansion([PARENT, "94222008"], total=40000))
     responses.add_callback(responses.GET, SUBSUMES, callback=_subsumes_answers(
         {"555": "subsumes", "777": "not-subsumed", "888": "subsumed-by"}))
     cmap = _cmap()
@@ -135,7 +154,7 @@ def test_truncated_expansion_decides_unknown_codes_with_subsumes_once_each():
 @responses.activate
 def test_cap_reached_or_total_larger_is_incomplete(cap_answer):
     cap, answer = cap_answer
-    responses.post(EXPAND, json=answer)
+    _expand_secondary(json=answer)
     responses.add_callback(responses.GET, SUBSUMES,
                            callback=_subsumes_answers({"555": "equivalent"}))
     cmap = _cmap()
@@ -154,12 +173,13 @@ def test_cap_reached_or_total_larger_is_incomplete(cap_answer):
 ])
 @responses.activate
 def test_refused_expansion_is_incomplete(status, outcome):
-    responses.post(EXPAND, status=status, json=outcome)
+    _expand_secondary(status=status, json=outcome)
     responses.add_callback(responses.GET, SUBSUMES,
                            callback=_subsumes_answers({"555": "subsumes"}))
     cmap = _cmap()
     report = terminology.apply(cmap, BASE)
-    [entry] = report["expansions"]
+    entry, catch_all = report["expansions"]
+    assert catch_all["concept"] == "tumour-other" and catch_all["incomplete"] is None
     assert entry["incomplete"].startswith(f"refused: {status} ")
     assert entry["codes"] == entry["added"] == 0
     # listed offline: no request; a new descendant: asked
@@ -178,7 +198,7 @@ def test_server_error_without_outcome_is_still_an_error():
 
 @responses.activate
 def test_subsumes_not_supported_falls_back_to_validate_code():
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.get(SUBSUMES, status=400, json=_outcome(
         "not-supported", "Invalid request: The FHIR endpoint on this server does not know "
                          "how to handle GET operation[CodeSystem/$subsumes]"))
@@ -206,7 +226,7 @@ def test_subsumes_not_supported_falls_back_to_validate_code():
 @responses.activate
 def test_unknown_code_answer_is_not_a_member():
     """HAPI 8.8: $subsumes of a code its CodeSystem lacks is 400 "Unknown code"."""
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.add_callback(responses.GET, SUBSUMES, callback=_subsumes_answers(
         {"123": (400, _outcome("processing", f"Unknown code: [{SCT}|123]"))}))
     cmap = _cmap()
@@ -218,7 +238,7 @@ def test_unknown_code_answer_is_not_a_member():
 
 @responses.activate
 def test_server_error_mid_run_is_an_error():
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.add_callback(responses.GET, SUBSUMES, callback=_subsumes_answers(
         {"555": "subsumes", "777": (503, _outcome("transient", "overloaded"))}))
     cmap = _cmap()
@@ -230,7 +250,7 @@ def test_server_error_mid_run_is_an_error():
 
 @responses.activate
 def test_server_error_mid_run_with_optional_is_a_warning_and_an_issue():
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.add_callback(responses.GET, SUBSUMES, callback=_subsumes_answers(
         {"555": "subsumes", "777": (503, _outcome("transient", "overloaded"))}))
     cmap = _cmap()
@@ -249,7 +269,7 @@ def test_server_error_mid_run_with_optional_is_a_warning_and_an_issue():
 
 @responses.activate
 def test_unreachable_mid_run_is_exit_4():
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.get(SUBSUMES, body=requests.ConnectionError("refused"))
     cmap = _cmap()
     terminology.apply(cmap, BASE)
@@ -259,7 +279,7 @@ def test_unreachable_mid_run_is_exit_4():
 
 @responses.activate
 def test_subsumes_answer_of_the_wrong_shape_is_an_error():
-    responses.post(EXPAND, json=_expansion([PARENT], total=9))
+    _expand_secondary(json=_expansion([PARENT], total=9))
     responses.get(SUBSUMES, json={"resourceType": "Bundle"})
     cmap = _cmap()
     terminology.apply(cmap, BASE)

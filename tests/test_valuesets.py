@@ -77,7 +77,8 @@ def test_is_a_offline_and_with_descendants():
     child = Coding(SCT, "1234567008")
     assert cmap.lookup("finding", parent).concept == "secondary-malignancy"
     assert cmap.lookup("finding", child) is None
-    assert cmap.intensional() == [("secondary-malignancy", SCT, "128462008")]
+    assert cmap.intensional() == [("secondary-malignancy", SCT, "128462008"),
+                                  ("tumour-other", SCT, "363346000")]
     assert cmap.add_descendants("secondary-malignancy", SCT, "128462008",
                                 ["128462008", "94222008", "1234567008"]) == 1
     assert cmap.lookup("finding", child).concept == "secondary-malignancy"

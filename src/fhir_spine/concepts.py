@@ -138,7 +138,9 @@ class ConceptMap:
         of them: Synthea's SNOMED 703423002 "Combined chemotherapy and radiation therapy" is
         systemic therapy *and* radiotherapy (PATHWAY.md "Therapy modalities": every
         definitive modality counts). Prefix and range entries stay first-match-wins
-        catch-alls, so an ICD-10 C79.51 is still only a secondary malignancy.
+        catch-alls, so an ICD-10 C79.51 is still only a secondary malignancy; so do codes a
+        terminology server added to an `is-a` entry (`source == "terminology"`): SNOMED's
+        secondary malignancies are all descendants of tumour-other's 363346000 too.
         """
         key = (element, coding.system, coding.code)
         if key not in self._also_cache:
@@ -146,7 +148,8 @@ class ConceptMap:
             seen = {first.concept} if first is not None else set()
             extra: list[_Entry] = []
             for e in self.entries.get(element, ()):
-                if e.code is not None and e.concept not in seen and e.matches(coding):
+                if (e.code is not None and e.source != "terminology"
+                        and e.concept not in seen and e.matches(coding)):
                     seen.add(e.concept)
                     extra.append(e)
             self._also_cache[key] = tuple(extra)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from fhir_spine.deid import DeidOptions
 
 # Bump when the stored form of a part changes: refresh then recomputes every part.
-PART_FORMAT = 2
+PART_FORMAT = 3
 _DATE_COLUMNS = {name: [c.name for c in cols if c.dtype == "date"]
                  for name, cols in schema.TABLES.items()}
 
@@ -78,7 +78,10 @@ class Part:
             "rows": {name: getattr(self.rows, name) for name in _ROW_TABLES},
             "codes": [{"key": list(c.key), "resources": c.resources,
                        "patients": sorted(c.patients), "displays": dict(c.displays),
-                       "concept": c.concept} for c in self.codes],
+                       "concept": c.concept,
+                       "hints": {d: list(h) for d, h in c.hints.items()},
+                       "changed": {k: sorted(v) for k, v in c.changed.items()}}
+                      for c in self.codes],
             "counts": {"read": self.counts.read, "used": self.counts.used,
                        "set_aside": self.counts.set_aside,
                        "unaccounted": list(self.counts.unaccounted)},
@@ -105,7 +108,9 @@ class Part:
         return cls(
             Rows(*(tables[name] for name in _ROW_TABLES)),
             tuple(CodeCount(tuple(e["key"]), int(e["resources"]),  # type: ignore[arg-type]
-                            frozenset(e["patients"]), e["displays"], e["concept"])
+                            frozenset(e["patients"]), e["displays"], e["concept"],
+                            {d: (h[0], h[1]) for d, h in e["hints"].items()},
+                            {k: frozenset(v) for k, v in e["changed"].items()})
                   for e in raw["codes"]),
             Accounting(int(c["read"]), int(c["used"]), int(c["set_aside"]),
                        list(c["unaccounted"])),

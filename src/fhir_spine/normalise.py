@@ -95,6 +95,10 @@ class CodeCount:
     patients: frozenset[str]
     displays: Mapping[str, int]     # display text -> resources showing it
     concept: str | None
+    # Unmapped codes only (what_if.annotate): display -> (suggested concept, rule), and
+    # suggested concept -> the patients whose classification changes if so mapped.
+    hints: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    changed: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

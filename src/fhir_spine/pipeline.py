@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from fhir_spine import review, what_if
 from fhir_spine.contained import contained_rows
 from fhir_spine.errors import ConfigError
 from fhir_spine.handlers import REGISTRY, view_rows
@@ -221,7 +222,8 @@ def _merge_all(reader: _Reader, source: FileSource, parts: Iterable[_FilePart],
 def _new_reader(mappings: Mappings, validation: Mode) -> _Reader:
     views = {rtype: compile_view(view) for rtype, view in mappings.views.items()
              if rtype in REGISTRY}
-    return _Reader(views, mappings.view_files, validation, Prefilter(mappings.concepts),
+    prefilter = Prefilter(mappings.concepts, mappings.lexicon or review.default_lexicon())
+    return _Reader(views, mappings.view_files, validation, prefilter,
                    _accounting_views(mappings))
 
 
@@ -244,20 +246,21 @@ def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
     # Rows are handled in id order, not reading order, so that what the pathway sees (and
     # the order of its decisions) depends on the resources, not on how a source or a
     # refresh's store happened to list them.
-    normalised = normalise(
-        {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
-         for rtype, by_id in reader.rows.items()},
-        mappings.concepts, mappings.settings, mappings.questionnaires)
+    rows = {rtype: [row for rid in sorted(by_id) for row in by_id[rid]]
+            for rtype, by_id in reader.rows.items()}
+    normalised = normalise(rows, mappings.concepts, mappings.settings,
+                           mappings.questionnaires)
     results = tuple(reconstruct(inp, mappings.settings) for inp in normalised.inputs.values())
     decider = mappings.concepts.decider  # codes a terminology server could not decide
     undecided = decider.take_issues() if decider is not None else []
+    codes = what_if.annotate(normalised.codes, rows, results, mappings)
 
     counts, pending = _account(reader, normalised, results)
     quiet = reader.quiet
     normalise_issues = count_quiet(quiet, [*normalised.issues, *undecided])
     return Extraction(
         results, normalised.inputs, tuple(reader.issues),
-        (*normalise_issues, *age_notes(normalised, results)), normalised.codes,
+        (*normalise_issues, *age_notes(normalised, results)), codes,
         normalised.measurements,
         MappingProxyType(dict(reader.read_by_type)), counts, MappingProxyType(pending),
         normalised.referenced_medications,

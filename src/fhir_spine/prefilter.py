@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fhir_spine import review
 from fhir_spine.concepts import Coding, ConceptMap
+from fhir_spine.lexicon import Lexicon
 
 CODED_TYPES = frozenset({"Procedure", "Condition", "Observation", "DiagnosticReport"})
 _CODED_ELEMENTS = ("code", "category", "bodySite", "conclusionCode", "valueCodeableConcept")
@@ -49,7 +51,13 @@ def accounting_view(view: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 class Prefilter:
-    def __init__(self, concepts: ConceptMap) -> None:
+    """`may_matter(resource)`; `lexicon`: a resource whose unmapped code has a display the
+    review loop's lexicon suggests a concept for can matter too (what_if.py reruns the
+    pathway with that code mapped, and needs the resource's whole row: its dates)."""
+
+    def __init__(self, concepts: ConceptMap, lexicon: Lexicon | None = None) -> None:
+        self.lexicon = lexicon
+        self._suggested: dict[tuple[str, str], bool] = {}
         self.exact: set[tuple[str, str]] = set()
         self.patterns: dict[str, list[Any]] = {}
         for entries in concepts.entries.values():
@@ -83,6 +91,22 @@ class Prefilter:
             for url in _list(meta.get("profile")):
                 if isinstance(url, str) and self.known(PROFILE_SYSTEM, url):
                     return True
+        return self.lexicon is not None and self._suggests(resource)
+
+    def _suggests(self, resource: dict[str, Any]) -> bool:
+        assert self.lexicon is not None
+        rtype = str(resource.get("resourceType"))
+        for element, display in _displays(resource):
+            group = review.group_of(rtype, f"{rtype}.{element}")
+            if group is None:
+                continue
+            key = (group, display)
+            hit = self._suggested.get(key)
+            if hit is None:
+                hit = self.lexicon.suggest(group, display) is not None
+                self._suggested[key] = hit
+            if hit:
+                return True
         return False
 
 
@@ -93,6 +117,22 @@ def _codings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
         if isinstance(component, dict):
             yield from _of(component.get("code"))
             yield from _of(component.get("valueCodeableConcept"))
+
+
+def _displays(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(element, display) of the codings the review loop reads displays of."""
+    for name in ("code", "category", "conclusionCode"):
+        for concept in _list(resource.get(name)) or [resource.get(name)]:
+            if isinstance(concept, dict):
+                for coding in _list(concept.get("coding")):
+                    if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                        yield name, coding["display"]
+    for component in _list(resource.get("component")):
+        code = component.get("code") if isinstance(component, dict) else None
+        if isinstance(code, dict):
+            for coding in _list(code.get("coding")):
+                if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+                    yield "component.code", coding["display"]
 
 
 def _of(value: Any) -> Iterator[tuple[str, str]]:

@@ -3,10 +3,9 @@
 * `suggest`: an unmapped code's display text against `mappings/lexicon.yaml` (drug names of
   the antineoplastic and endocrine therapy classes, "radiotherapy", "biopsy", "pedicle
   screw", ...) -> (concept, rule).
-* `affected`: the screened patients carrying the code who are excluded for a reason the
-  suggested concept answers (`no-definitive-therapy` for a therapy concept,
-  `no-index-biopsy` for a biopsy, ...): those whose classification would change if the code
-  were mapped as suggested (an upper bound: the rules still check dates and statuses).
+* `patients_affected` (computed by what_if.py, exactly): the screened patients whose
+  classification (included, exclusion reasons, strategy) changes when the pathway is rerun
+  with the code mapped as suggested.
 * `issue_rows` / `warning_line`: what a run says about such codes (exit 0).
 * `site_mappings`: a draft site `concepts.yaml` (`extends: default`) of the suggestions,
   each entry commented with its display, counts and rule (`fhir-spine codes OUT
@@ -15,32 +14,17 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fhir_spine.lexicon import Lexicon, parse
+
 LEXICON = Path(__file__).parent / "mappings" / "lexicon.yaml"
 ISSUE_CODE = "unmapped-code-suggested"
 
-_THERAPY = frozenset({"no-definitive-therapy"})
-REMEDIES: dict[str, frozenset[str]] = {
-    "vertebral-biopsy": frozenset({"no-index-biopsy"}),
-    "stabilization": frozenset({"no-stabilization"}),
-    "radiotherapy": _THERAPY,
-    "systemic-therapy": _THERAPY,
-    "systemic-therapy-procedure": _THERAPY,
-    "oncologic-resection": _THERAPY,
-    "separation-surgery": _THERAPY,
-    "secondary-malignancy": frozenset({"histology-unconfirmed"}),
-    "tumour-haematological": frozenset({"histology-unconfirmed"}),
-    "tumour-primary-bone": frozenset({"histology-unconfirmed"}),
-    "pathology-report": frozenset({"histology-unconfirmed"}),
-    "vas": frozenset({"missing-outcome-measures"}),
-}
 _MEDICATION_TYPES = {"Medication", "MedicationRequest", "MedicationAdministration",
                      "MedicationStatement"}
 
@@ -60,36 +44,19 @@ def group_of(resource_type: str, element: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4)
-def _rules(path: str = str(LEXICON)) -> dict[str, list[tuple[str, str, re.Pattern[str]]]]:
-    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    out: dict[str, list[tuple[str, str, re.Pattern[str]]]] = {}
-    for group, concepts in doc.items():
-        for concept, terms in (concepts or {}).items():
-            for term in terms:
-                out.setdefault(str(group), []).append((str(concept), str(term), _term(term)))
-    return out
+@lru_cache(maxsize=1)
+def default_lexicon() -> Lexicon:
+    """The package's lexicon.yaml (settings.load_mappings layers a site's over it)."""
+    return parse(LEXICON, LEXICON.read_bytes())
 
 
-def _term(term: object) -> re.Pattern[str]:
-    """`word` at a word start; `a & b` both; `a & !b` a without b (a lookahead regex)."""
-    parts = [p.strip().lower() for p in str(term).split("&")]
-    ahead = "".join(
-        ("(?!.*" if p.startswith("!") else "(?=.*") + r"(?<![a-z0-9])"
-        + re.escape(p.lstrip("!").strip()) + ")" for p in parts)
-    return re.compile("^" + ahead, re.DOTALL)
-
-
-def suggest(resource_type: str, element: str, display: str | None) -> tuple[str, str] | None:
+def suggest(resource_type: str, element: str, display: str | None,
+            lexicon: Lexicon | None = None) -> tuple[str, str] | None:
     """(concept, rule) for an unmapped code's display, or None."""
     group = group_of(resource_type, element)
     if group is None or not display:
         return None
-    text = display.lower()
-    for concept, term, pattern in _rules().get(group, []):
-        if pattern.match(text):
-            return concept, f"lexicon {group}: display contains {term!r}"
-    return None
+    return (lexicon or default_lexicon()).suggest(group, display)
 
 
 def excluded_reasons(patients: Any) -> dict[str, frozenset[str]]:
@@ -104,12 +71,6 @@ def excluded_reasons(patients: Any) -> dict[str, frozenset[str]]:
     return out
 
 
-def affected(concept: str, patient_ids: Iterable[str],
-             excluded: Mapping[str, frozenset[str]]) -> int:
-    remedies = REMEDIES.get(concept, frozenset())
-    return sum(1 for p in set(patient_ids) if excluded.get(p, frozenset()) & remedies)
-
-
 def _top(codes: Any) -> Any:
     mask = codes["suggested_concept"].notna() & (codes["patients_affected"] > 0)
     return codes[mask].sort_values(["patients_affected", "resources"], ascending=False,
@@ -117,7 +78,7 @@ def _top(codes: Any) -> Any:
 
 
 def issue_rows(codes: Any) -> list[dict[str, Any]]:
-    """One warning per unmapped code with a suggestion that would change an excluded
+    """One warning per unmapped code with a suggestion that would change a screened
     patient's classification."""
     rows = []
     for r in _top(codes).itertuples(index=False):
@@ -126,14 +87,16 @@ def issue_rows(codes: Any) -> list[dict[str, Any]]:
             "resource_id": None, "code": ISSUE_CODE,
             "message": (f"{r.system}|{r.code} {r.display!r} ({r.element}) is unmapped; "
                         f"suggested {r.suggested_concept} ({r.suggestion_rule}); "
-                        f"{r.patients_affected} excluded patient(s) carry it"),
+                        f"mapped so, {r.patients_affected} patient(s) would be classified "
+                        "differently"),
             "origin": None, "set_aside": False,
         })
     return rows
 
 
 def warning_line(codes: Any, patients: Any, top: int = 3) -> str | None:
-    """The closing warning of a run, or None when no excluded patient has such a code."""
+    """The closing warning of a run, or None when no suggestion would change a
+    classification."""
     if codes is None or "suggested_concept" not in codes or not len(codes):
         return None
     rows = _top(codes)
@@ -143,8 +106,9 @@ def warning_line(codes: Any, patients: Any, top: int = 3) -> str | None:
     n = int(rows["patients_affected"].max())  # the union is not in the table: a floor
     shown = ", ".join(f"{r.code} {r.display!r} -> {r.suggested_concept}"
                       for r in rows.head(top).itertuples(index=False))
-    return (f"{len(rows)} unmapped code(s) with a suggested concept are carried by "
-            f"excluded patients (at least {n} of {len(excluded)} excluded); top: {shown}; "
+    return (f"{len(rows)} unmapped code(s) with a suggested concept "
+            f"would change patients' classification (at least {n} patient(s); "
+            f"{len(excluded)} excluded in all); top: {shown}; "
             "see codes.csv and `fhir-spine codes OUT --write-site-mappings DIR`")
 
 
@@ -167,7 +131,7 @@ def site_mappings(codes: Any) -> str:
             element = group_of(r.resource_type, r.element)
             lines += [f"  {current}:", f"    element: {element}", "    codes:"]
         lines.append(f"      # {r.display!r}: {r.resources} resource(s), {r.patients} "
-                     f"patient(s), {r.patients_affected} excluded patient(s) affected; "
+                     f"patient(s), {r.patients_affected} classification(s) it changes; "
                      f"{r.suggestion_rule}")
         code = yaml.safe_dump(str(r.code), default_style='"').strip()
         lines.append(f"      - {{system: {r.system}, code: {code}, confidence: L}}")

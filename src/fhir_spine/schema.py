@@ -182,7 +182,9 @@ EVENTS = [
 
 OBSERVATIONS = [
     Column("patient_id", "string", "Patient logical id (or pseudonym)", deid="pseudonym"),
-    Column("measure", "string", "measure name", ", ".join(MEASURES), deid="keep"),
+    Column("measure", "string", "measure name (karnofsky, mCODE LOINC 89243-0 0-100, is "
+           "recorded here only and never converted to ECOG: PATHWAY.md defines no such "
+           "rule)", ", ".join(MEASURES), deid="keep"),
     Column("value", "float", "numeric value (coded answers converted)", deid="keep"),
     Column("effective", "string", "effective time: instant in the site zone, or date",
            deid="date-shift"),
@@ -224,15 +226,15 @@ CODES = [
     Column("concept", "string", "pathway concept it mapped to (`;`-joined when the code is "
            "listed under several); empty when unmapped", deid="keep"),
     Column("suggested_concept", "string", "for an unmapped code: the concept its display "
-           "suggests (mappings/lexicon.yaml: drug names, radiotherapy, biopsy, pedicle "
-           "screw, ...); empty when mapped or nothing matched", deid="keep"),
+           "suggests (mappings/lexicon.yaml, or a site's lexicon.yaml: drug names, "
+           "radiotherapy, biopsy, pedicle screw, ...); empty when mapped or nothing "
+           "matched", deid="keep"),
     Column("suggestion_rule", "string", "the lexicon rule that made the suggestion",
            deid="keep"),
-    Column("patients_affected", "int", "excluded patients carrying the code whose exclusion "
-           "reason the suggested concept answers (e.g. no-definitive-therapy for a therapy "
-           "concept): whose classification would change if it were mapped as suggested "
-           "(an upper bound: dates and statuses are still checked); 0 without a suggestion",
-           deid="keep"),
+    Column("patients_affected", "int", "screened patients whose classification (included, "
+           "exclusion reasons, strategy) changes when the pathway is rerun with this code "
+           "mapped to the suggested concept (exact: what_if.py reruns the patients who carry "
+           "it; `patients` is the upper bound); 0 without a suggestion", deid="keep"),
 ]
 
 TABLES: dict[str, list[Column]] = {

@@ -3,7 +3,8 @@
 The defaults ship inside the package (`fhir_spine/mappings/`, read through
 `importlib.resources`, so a built wheel has them). `--mappings DIR` layers a site's
 folder over them: a `settings.yaml` there is merged key by key, a `concepts.yaml` with
-`extends: default` is merged over the default map (else replaces it), and any
+`extends: default` is merged over the default map (else replaces it), so is a
+`lexicon.yaml` (the review loop's suggestions), and any
 `views/<Type>.json` there replaces the default view of that type. Every file used is
 hashed into the manifest so a dataset says exactly which rules made it.
 """
@@ -25,6 +26,9 @@ import yaml
 from fhir_spine import histology_text
 from fhir_spine.concepts import ConceptMap, build_concept_map
 from fhir_spine.errors import ConfigError
+from fhir_spine.lexicon import Lexicon
+from fhir_spine.lexicon import merged as merged_lexicon
+from fhir_spine.lexicon import parse as parse_lexicon
 from fhir_spine.questionnaires import QuestionnaireMap, build_questionnaire_map
 
 _PACKAGE = "fhir_spine"
@@ -182,6 +186,8 @@ class Mappings:
     view_files: dict[str, str] = field(default_factory=dict)  # resource type -> its file
     questionnaires: QuestionnaireMap = field(default_factory=QuestionnaireMap)
     terminology: dict[str, Any] | None = None  # the manifest's `terminology` block
+    # the review loop's display-text lexicon (lexicon.py); None: the package default
+    lexicon: Lexicon | None = None
 
 
 def _shown(path: Path) -> Path:
@@ -241,7 +247,7 @@ def load_mappings(
         else:
             concept_docs = [site_doc]
     concepts = build_concept_map(concept_docs)
-    _read_yaml(DEFAULT_MAPPINGS / "lexicon.yaml", files)  # review.py's suggestions: recorded
+    lexicon = _lexicon(site_dir, files, concepts)
     terminology = None
     if settings.terminology:
         from fhir_spine.terminology import apply
@@ -270,7 +276,8 @@ def load_mappings(
             view_files[resource] = str(path)
             files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
     check_views(views, view_files)
-    return Mappings(settings, concepts, views, files, view_files, questionnaires, terminology)
+    return Mappings(settings, concepts, views, files, view_files, questionnaires, terminology,
+                    lexicon)
 
 
 def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) -> None:
@@ -281,6 +288,26 @@ def check_views(views: dict[str, dict[str, Any]], view_files: dict[str, str]) ->
 
     for rtype in sorted(views):
         check_view(view_files.get(rtype, f"<{rtype} view>"), views[rtype])
+
+
+def _lexicon(site_dir: Path | None, files: list[MappingFile], concepts: ConceptMap
+             ) -> Lexicon:
+    """lexicon.yaml: the default, a site's merged over it (`extends: default`, its entries
+    first) or replacing it, as for concepts.yaml; each file recorded with its hash."""
+    def read(path: Path) -> Lexicon:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        parsed = parse_lexicon(path, data, concepts.element_of)
+        files.append(MappingFile(_shown(path), hashlib.sha256(data).hexdigest()))
+        return parsed
+
+    default = read(DEFAULT_MAPPINGS / "lexicon.yaml")
+    site = None
+    if site_dir is not None and (site_dir / "lexicon.yaml").is_file():
+        site = read(site_dir / "lexicon.yaml")
+    return merged_lexicon(site, default)
 
 
 def _questionnaire_map(site_dir: Path | None, files: list[MappingFile],

@@ -207,8 +207,7 @@ def to_tables(rows: Iterable[Rows], codes: Iterable[CodeCount]) -> Tables:
     for part in rows:
         for name in ORDER:
             collected[name].extend(getattr(part, name))
-    patients = frame(collected["patients"], schema.TABLES["patients"])
-    code_frame = codes_table(codes, patients)
+    code_frame = codes_table(codes)
     collected["issues"].extend(review.issue_rows(code_frame))
     frames = {name: _ordered(frame(collected[name], schema.TABLES[name]), ORDER[name])
               for name in ORDER}
@@ -222,36 +221,41 @@ def _ordered(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return df.sort_values(keys, kind="stable", na_position="first").reset_index(drop=True)
 
 
-def codes_table(counts: Iterable[CodeCount], patients: pd.DataFrame | None = None
-                ) -> pd.DataFrame:
+def codes_table(counts: Iterable[CodeCount]) -> pd.DataFrame:
     """Code counts of any number of computations, added up per code; unmapped codes
     first, then the most frequent. The display shown is the most frequent one (ties:
     alphabetical), so it does not depend on reading order. An unmapped code whose display
-    the lexicon knows gets `suggested_concept` and, given the `patients` table,
-    `patients_affected` (review.py)."""
+    the lexicon knows gets `suggested_concept` (from its most frequent display) and
+    `patients_affected`: the patients whose classification changes if it were mapped so,
+    computed by what_if.py in each computation and united here."""
     resources: Counter[tuple[str, str, str, str]] = Counter()
     code_patients: dict[tuple[str, str, str, str], set[str]] = {}
     displays: dict[tuple[str, str, str, str], Counter[str]] = {}
     concepts: dict[tuple[str, str, str, str], str] = {}
-    for c in counts:
+    counts_seen = list(counts)
+    for c in counts_seen:
         resources[c.key] += c.resources
         code_patients.setdefault(c.key, set()).update(c.patients)
         displays.setdefault(c.key, Counter()).update(c.displays)
         if c.concept and c.key not in concepts:
             concepts[c.key] = c.concept
-    excluded = review.excluded_reasons(patients)
+    hints: dict[tuple[str, str, str, str], dict[str, tuple[str, str]]] = {}
+    changed: dict[tuple[str, str, str, str], dict[str, set[str]]] = {}
+    for c in counts_seen:
+        hints.setdefault(c.key, {}).update(c.hints)
+        for concept, pids in c.changed.items():
+            changed.setdefault(c.key, {}).setdefault(concept, set()).update(pids)
     rows = []
     for k, n in resources.items():
         display = _most_common(displays.get(k))
-        hint = None if k in concepts else review.suggest(k[0], k[1], display)
+        hint = None if k in concepts or display is None else hints.get(k, {}).get(display)
         rows.append({
             "resource_type": k[0], "element": k[1], "system": k[2] or None, "code": k[3],
             "display": display, "resources": n, "patients": len(code_patients.get(k, ())),
             "concept": concepts.get(k),
             "suggested_concept": hint[0] if hint else None,
             "suggestion_rule": hint[1] if hint else None,
-            "patients_affected": (review.affected(hint[0], code_patients.get(k, ()), excluded)
-                                  if hint else 0)})
+            "patients_affected": len(changed.get(k, {}).get(hint[0], ())) if hint else 0})
     codes = frame(rows, schema.CODES)
     if len(codes):
         codes["_mapped"] = codes["concept"].notna()

@@ -49,6 +49,8 @@ def fragment(hapi_server):
     extended["concept"][0]["concept"].append(
         {"code": CHILD, "display": "Test-only secondary malignant neoplasm (fhir-spine)"})
     extended["concept"].append({"code": UNRELATED, "display": "Test-only unrelated (fhir-spine)"})
+    # tumour-other's `is-a 363346000` is expanded too: the code exists, without children here
+    extended["concept"].append({"code": "363346000", "display": "Malignant neoplastic disease"})
     _put(base, extended)
     yield base
     _put(base, CODE_SYSTEM)
@@ -148,7 +150,9 @@ def test_descendant_maps_only_with_terminology(fragment, tmp_path):
     meta = json.loads((tmp_path / "online" / "manifest.json").read_text(encoding="utf-8"))
     term = meta["terminology"]
     assert term["server"] == fragment and term["used"] is True
-    [expansion] = term["expansions"]
+    [expansion] = [e for e in term["expansions"] if e["concept"] == "secondary-malignancy"]
+    [other] = [e for e in term["expansions"] if e["concept"] == "tumour-other"]
+    assert (other["is-a"], other["added"]) == ("363346000", 0)
     assert expansion["concept"] == "secondary-malignancy" and expansion["is-a"] == "128462008"
     assert expansion["codes"] == 4  # the parent, bone, brain and the test-only child
     assert expansion["added"] == term["codes_added"] == 1  # bone and brain are listed offline

@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "codes", help="list unmapped codes with suggestions; draft a site concepts.yaml",
         description="Read the codes table of an extract (OUT_DIR/codes.parquet or "
         "codes.csv) and list the unmapped codes with a suggested concept, most affected "
-        "first. With --write-site-mappings DIR, write DIR/concepts.yaml (extends: default) "
+        "first (affected: the screened patients whose classification - included, exclusion "
+        "reasons, strategy - changes when the pathway is rerun with the code so mapped). "
+        "With --write-site-mappings DIR, write DIR/concepts.yaml (extends: default) "
         "of the suggestions, each commented with its display, counts and rule, for a person "
         "to review and then use with --mappings DIR.",
     )
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for r in hints.itertuples(index=False):
         print(f"  {r.resource_type}\t{r.system}|{r.code}\t{r.display}\t-> {r.suggested_concept}"
               f"\tresources {r.resources}, patients {r.patients}, "
-              f"affected {r.patients_affected}")
+              f"classification changed {r.patients_affected}")
     if args.write_site_mappings is not None:
         folder: Path = args.write_site_mappings
         target = folder / "concepts.yaml"

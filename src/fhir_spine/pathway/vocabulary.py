@@ -79,14 +79,18 @@ SinsComponent: TypeAlias = Literal[
     "sins_location", "sins_pain", "sins_bone_lesion", "sins_alignment", "sins_collapse",
     "sins_posterolateral",
 ]
-Measure: TypeAlias = ProMeasure | BaselineMeasure | SinsComponent
+# Recorded in `observations` only: no patients column, no rule reads it. Karnofsky (mCODE
+# KarnofskyPerformanceStatus, LOINC 89243-0, 0-100) is kept as sent and never converted
+# to ECOG: PATHWAY.md defines no such rule.
+ObservationMeasure: TypeAlias = Literal["karnofsky"]
+Measure: TypeAlias = ProMeasure | BaselineMeasure | SinsComponent | ObservationMeasure
 
 PRO_MEASURES: Final[tuple[ProMeasure, ...]] = get_args(ProMeasure)
 BASELINE_MEASURES: Final[tuple[BaselineMeasure, ...]] = get_args(BaselineMeasure)
 SINS_COMPONENTS: Final[tuple[SinsComponent, ...]] = get_args(SinsComponent)
 # observations.measure: every measure, in codebook order.
 MEASURES: Final[tuple[Measure, ...]] = (
-    *PRO_MEASURES, "sins_total", *SINS_COMPONENTS, "ecog", "asa",
+    *PRO_MEASURES, "sins_total", *SINS_COMPONENTS, "ecog", "asa", "karnofsky",
 )
 # SOSGOQ2.0's domains (its total is `sosgoq_total`).
 SOSGOQ_DOMAINS: Final[tuple[ProMeasure, ...]] = (
@@ -112,7 +116,7 @@ MEASURE_RANGES: Final[dict[Measure, tuple[int, int]]] = {
     "sins_total": (0, 18), "sins_location": (0, 3), "sins_pain": (0, 3),
     "sins_bone_lesion": (0, 2), "sins_alignment": (0, 4), "sins_collapse": (0, 3),
     "sins_posterolateral": (0, 3),
-    "ecog": (0, 5), "asa": (1, 6),
+    "ecog": (0, 5), "asa": (1, 6), "karnofsky": (0, 100),
 }
 
 # ------------------------------------------------------------------ adverse events
