@@ -179,3 +179,20 @@ def test_patients_affected_counts_a_suggested_procedure_code(tmp_path):
     assert codes.loc["RT-SPINE", "suggested_concept"] == "radiotherapy"
     assert (codes.loc["RT-SPINE", "patients"], codes.loc["RT-SPINE", "patients_affected"]) \
         == (1, 1)
+
+
+def test_the_rerun_map_keeps_the_terminology_servers_answers():
+    """A code mapped through a terminology server's per-code answer must stay mapped in
+    the rerun, or the rerun would differ from the run for another reason than the code."""
+    from fhir_spine.concepts import Coding
+    from fhir_spine.settings import load_mappings
+    from fhir_spine.what_if import _with_code
+
+    cmap = load_mappings().concepts
+    cmap.decider = object()  # type: ignore[assignment]
+    cmap.decide_by_server("secondary-malignancy", "http://snomed.info/sct", "128462008")
+    copy = _with_code(cmap, "procedure", "radiotherapy", "http://site.example", "RT")
+    assert copy.decider is cmap.decider
+    assert copy.open_systems() == cmap.open_systems() == {"http://snomed.info/sct"}
+    assert copy.lookup("procedure", Coding("http://site.example", "RT")).concept == "radiotherapy"
+    assert cmap.lookup("procedure", Coding("http://site.example", "RT")) is None

@@ -105,9 +105,14 @@ def _changed(key: tuple[str, str, str, str], concept: str, carriers: list[str],
 
 def _with_code(cmap: ConceptMap, group: str, concept: str, system: str, code: str
                ) -> ConceptMap:
-    """A copy of the map with `system|code` listed first under `concept` (in `group`)."""
+    """A copy of the map with `system|code` listed first under `concept` (in `group`).
+
+    The terminology server's per-code answers come along (`decider` and the open `is-a`
+    entries: the run's cache, so no new request), or a code the run mapped through them
+    would be unmapped in the rerun and change a classification for another reason."""
     entries = {k: list(v) for k, v in cmap.entries.items()}
     entries[group] = [_Entry(concept=concept, system=system, code=code), *entries.get(group, ())]
     element_of = dict(cmap.element_of)
     element_of.setdefault(concept, group)
-    return ConceptMap(entries, dict(cmap.meanings), element_of, dict(cmap.system_aliases))
+    return ConceptMap(entries, dict(cmap.meanings), element_of, dict(cmap.system_aliases),
+                      decider=cmap.decider, _open=cmap._open)
