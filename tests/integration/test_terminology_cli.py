@@ -115,7 +115,11 @@ def test_incomplete_expansion_decides_codes_with_subsumes(fragment, tmp_path):
     assert _concept_of(one, NOT_IN_SERVER) == ""
     assert _concept_of(one, BONE_METASTASIS) == "secondary-malignancy"  # listed: not asked
     term = metas["1"]["terminology"]
-    [expansion] = term["expansions"]
+    expansion, catch_all = term["expansions"]
+    # tumour-other's is-a 363346000 has no children on this server: complete within the cap
+    assert (expansion["concept"], catch_all["concept"]) == ("secondary-malignancy",
+                                                             "tumour-other")
+    assert catch_all["incomplete"] is None, catch_all
     # HAPI refuses an expansion larger than `count`: "HAPI-0831 ... too many codes (maximum 1)"
     assert expansion["incomplete"].startswith("refused: 500 ") and "maximum 1" in \
         expansion["incomplete"], expansion
