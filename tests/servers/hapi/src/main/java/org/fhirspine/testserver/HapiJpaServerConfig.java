@@ -4,10 +4,12 @@ import ca.uhn.fhir.batch2.api.IJobMaintenanceService;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
 import ca.uhn.fhir.jpa.batch2.JpaBatch2Config;
 import ca.uhn.fhir.jpa.config.HapiJpaConfig;
+import ca.uhn.fhir.jpa.config.JpaConfig;
 import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
@@ -19,6 +21,7 @@ import jakarta.annotation.PostConstruct;
 import jakarta.persistence.EntityManagerFactory;
 import org.apache.commons.dbcp2.BasicDataSource;
 import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
+import org.hl7.fhir.common.hapi.validation.validator.WorkerContextValidationSupportAdapter;
 import org.springframework.beans.factory.annotation.Autowired;
 import org.springframework.beans.factory.annotation.Value;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
@@ -103,6 +106,22 @@ public class HapiJpaServerConfig {
 	@Bean
 	public ValidationSupportChain.CacheConfiguration validationSupportChainCacheConfiguration() {
 		return ValidationSupportChain.CacheConfiguration.disabled();
+	}
+
+	/**
+	 * Replaces HAPI's {@code myJpaValidationSupportChain} (same name, so this definition wins
+	 * over {@code JpaConfig}'s) by one whose {@code fetchAllStructureDefinitions()} works without
+	 * the cache: HAPI 8.8.0's answers an empty list then, and {@code $validate} fails for every
+	 * resource (see {@link UncachedJpaValidationSupportChain}).
+	 */
+	@Bean(name = JpaConfig.JPA_VALIDATION_SUPPORT_CHAIN)
+	@Primary
+	public IValidationSupport jpaValidationSupportChain(
+			FhirContext theFhirContext,
+			ValidationSupportChain.CacheConfiguration theCacheConfiguration,
+			WorkerContextValidationSupportAdapter theWorkerContextValidationSupportAdapter) {
+		return new UncachedJpaValidationSupportChain(
+				theFhirContext, theCacheConfiguration, theWorkerContextValidationSupportAdapter);
 	}
 
 	@Bean
