@@ -51,7 +51,8 @@ def test_code_system_holds_every_local_code_with_its_meaning():
              for c in spec.get("codes") or [] if c.get("system") == "local" and "code" in c}
     assert {c["code"] for c in cs["concept"]} == set(local)
     sins = next(c for c in cs["concept"] if c["code"] == "sins-total")
-    assert sins["display"] == "Spinal Instability Neoplastic Score total 0-18"
+    assert sins["definition"].startswith("Spinal Instability Neoplastic Score total 0-18")
+    assert "display" not in sins  # senders' displays differ: no warning on each
     assert cs["url"] == doc["systems"]["local"] == conformance.LOCAL_SYSTEM
     assert cs["count"] == len(cs["concept"])
 
@@ -87,12 +88,21 @@ def test_sins_ranges_and_component_slices_come_from_the_meanings():
         "coding": [{"system": conformance.LOCAL_SYSTEM, "code": "sins-location"}]}
 
 
+def test_local_code_sets_are_required_bindings():
+    assert _elements("spine-sins")["Observation.code"]["binding"]["strength"] == "required"
+    assert _elements("spine-sosgoq")["Observation.code"]["binding"]["strength"] == "required"
+    assert _elements("spine-pain-score")["Observation.code"]["binding"]["strength"] == \
+        "extensible"
+
+
 def test_procedures_bind_code_and_require_a_vertebral_body_site():
     for pid, vs in (("spine-vertebral-biopsy", "vertebral-biopsy"),
                     ("spine-stabilization", "stabilization")):
         el = _elements(pid)
+        # CPT / SNOMED / ICD-10-PCS codes: extensible (a server without them cannot check)
         assert el["Procedure.code"]["binding"] == {
-            "strength": "required", "valueSet": valuesets.CANONICAL + vs}
+            "strength": "extensible", "valueSet": valuesets.CANONICAL + vs}
+        assert el["Procedure.bodySite"]["binding"]["strength"] == "required"
         assert el["Procedure.bodySite"]["min"] == 1
         assert el["Procedure.bodySite"]["binding"]["valueSet"].endswith("/vertebral-body-site")
 

@@ -132,7 +132,7 @@ def value_range(concept: str, meaning: str) -> tuple[int, int]:
 
 def code_system(doc: Mapping[str, Any], version: str = "") -> dict[str, Any]:
     """The project CodeSystem: every `local` code of concepts.yaml, in file order, with
-    the meaning of the (first) concept that lists it as its display and definition."""
+    the meaning of the (first) concept that lists it as its definition."""
     concepts: list[dict[str, Any]] = []
     seen: set[str] = set()
     for name, spec in (doc.get("concepts") or {}).items():
@@ -141,9 +141,14 @@ def code_system(doc: Mapping[str, Any], version: str = "") -> dict[str, Any]:
                 continue
             seen.add(str(raw["code"]))
             meaning = str(spec.get("meaning") or name)
-            concepts.append({"code": str(raw["code"]),
-                             "display": str(raw.get("display") or meaning),
-                             "definition": f"{meaning} (pathway concept {name})"})
+            concept: dict[str, Any] = {"code": str(raw["code"])}
+            # No display unless concepts.yaml gives one: a validator compares the
+            # sender's display with the CodeSystem's and warns on every difference, and
+            # the meaning ("SINS total 0-18") is a definition, not what senders display.
+            if raw.get("display"):
+                concept["display"] = str(raw["display"])
+            concept["definition"] = f"{meaning} (pathway concept {name})"
+            concepts.append(concept)
     cs: dict[str, Any] = {"resourceType": "CodeSystem", "id": "spine-pathway",
                           "url": LOCAL_SYSTEM}
     if version:
@@ -218,6 +223,20 @@ def _codes_of(doc: Mapping[str, Any], concept: str) -> str:
     return " or ".join(parts)
 
 
+def _code_strength(doc: Mapping[str, Any], profile: Profile) -> str:
+    """`required` when every code of the bound concepts is the project's own (the server
+    holds that CodeSystem: `validate` stores it); `extensible` when some are LOINC, CPT,
+    ICD-10-PCS or SNOMED CT codes. A server without those code systems (HAPI as shipped)
+    cannot check a code against a required binding and calls every such resource an error
+    ("CodeSystem is unknown"); the profile is chosen by the concept map's lookup of that
+    very code, so the membership a required binding would check is already known."""
+    names = [profile.code_set] if profile.code_set in (doc.get("concepts") or {}) \
+        else list(next(g.concepts for g in GROUPS if g.name == profile.code_set))
+    systems = {str(c.get("system")) for n in names
+               for c in doc["concepts"][n].get("codes") or []}
+    return "required" if systems == {LOCAL_ALIAS} else "extensible"
+
+
 def structure_definition(profile: Profile, doc: Mapping[str, Any],
                          version: str = "") -> dict[str, Any]:
     """One profile as a differential StructureDefinition on the core R4 type."""
@@ -238,10 +257,9 @@ def structure_definition(profile: Profile, doc: Mapping[str, Any],
                 f"implies {_value_in(low, high)}",
                 "source": url})
         root["constraint"] = constraints
-    code_binding = "the code the pathway maps to this profile's concepts"
     elements.append({"id": f"{t}.code", "path": f"{t}.code",
-                     "short": code_binding,
-                     "binding": {"strength": "required",
+                     "short": "a code the pathway maps to this profile's concepts",
+                     "binding": {"strength": _code_strength(doc, profile),
                                  "valueSet": valuesets.value_set_url(profile.code_set)}})
     elements.append({"id": f"{t}.subject", "path": f"{t}.subject", "min": 1,
                      "short": "the patient (the pathway sets aside a record without one)",
