@@ -110,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def check_loopback(server: str, allow_remote: bool) -> None:
+def check_loopback(server: str, allow_remote: bool, why: str = "") -> None:
     """`load` writes (and overwrites) resources: only into a server on this machine,
-    which is what a test server is, unless `--allow-remote`."""
+    which is what a test server is, unless `--allow-remote`. `why` words the refusal
+    for another command that writes to a server (`validate`)."""
     import ipaddress
     from urllib.parse import urlsplit
 
@@ -122,9 +123,9 @@ def check_loopback(server: str, allow_remote: bool) -> None:
     except ValueError:
         loopback = False
     if not loopback and not allow_remote:
-        raise UsageError(f"--server {redact_url(server)} is not on this machine; `load` "
-                         "overwrites resources and is meant for test servers: pass "
-                         "--allow-remote if this is one")
+        reason = why or ("`load` overwrites resources and is meant for test servers")
+        raise UsageError(f"--server {redact_url(server)} is not on this machine; {reason}: "
+                         "pass --allow-remote if this is one")
 
 
 def count_existing(client: FhirClient, resources: list[dict[str, Any]],

@@ -57,7 +57,7 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fhir_spine.cli import check, codes, extract, load, refresh, report, synth
+    from fhir_spine.cli import check, codes, extract, load, refresh, report, synth, validate
 
     parser = SpineParser(
         prog="fhir-spine",
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fhir-spine {__version__}")
     _add_common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, synth, report, check, load, refresh, codes):
+    for module in (extract, synth, report, check, load, refresh, codes, validate):
         module.register(sub)
     for subparser in sub.choices.values():
         # The same options after the command name (`fhir-spine extract --quiet`) too.
