@@ -17,8 +17,10 @@ the benchmark checks the sets have the same size before it shows any time.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +29,17 @@ import requests
 
 Workload = list[tuple[str, list[tuple[str, str]]]]
 Ids = set[tuple[str, str]]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The peers' progress bars and summaries, kept off the benchmark's table (still
+    formatted, so their cost is still counted)."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FHIR-PYrate's "no sorting defined, adding _sort"
+        yield
 
 
 def workload_from(query_log: Sequence[Any], page_size: int) -> Workload:
@@ -89,8 +102,7 @@ def fhir_pyrate(base: str, work: Workload) -> Ids:
 
     ids: Ids = set()
     pirate = Pirate(base_url=base, auth=None, num_processes=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its "no sorting defined, adding _sort" warning
+    with _quiet():
         for rtype, params in work:
             query = dict(params)
             if "_id" in query:
@@ -115,7 +127,8 @@ def fhiry(base: str, work: Workload) -> Ids:
     for rtype, params in work:
         query = dict(params)
         client.page_size = int(query["_count"])
-        df = client.search(resource_type=rtype, search_parameters=query)
+        with _quiet():
+            df = client.search(resource_type=rtype, search_parameters=query)
         if df.empty:
             continue
         id_col = "id" if "id" in df.columns else "resource.id"
