@@ -40,7 +40,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from rest_clients import CLIENTS, Ids, Workload, check_counts, fhir_spine_source  # noqa: E402
+from rest_clients import (  # noqa: E402
+    CLIENTS,
+    Ids,
+    Workload,
+    check_counts,
+    default_mappings,
+    fhir_spine_source,
+    workload_from,
+)
 from rest_replay import RecordingProxy, serve_in_thread  # noqa: E402
 
 FLOOR = "bare loop (floor)"
@@ -86,18 +94,15 @@ def _server(args: argparse.Namespace) -> Iterator[str]:
 def _record(live: str, store: Path) -> tuple[Workload, dict[str, str]]:
     """The workload (fhir-spine's searches) and, per client that failed, why; every
     client's pages are recorded in `store`."""
-    from fhir_spine.settings import load_mappings
     from fhir_spine.sources.search import RestOptions
 
     proxy = RecordingProxy(live)
     serve_in_thread(proxy)
     base = proxy.base_origin + "/fhir"
     try:
-        source = fhir_spine_source(base, load_mappings(None))
+        source = fhir_spine_source(base, default_mappings())
         for _ in source.items():
             pass
-        from rest_clients import workload_from
-
         work = workload_from(source.query_log.records, RestOptions().page_size)
         errors: dict[str, str] = {}
         for name, client in CLIENTS.items():
