@@ -57,10 +57,14 @@ TARGETS = {"replay": 1.3, "live": 1.1}
 
 
 @contextlib.contextmanager
-def _process_url(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start a server process that prints its base URL as its first stdout line; stop it
-    (SIGTERM to the process we started, nothing else) on exit."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+def _process_url(cmd: list[str], env: dict[str, str] | None = None,
+                 log: Path | None = None) -> Iterator[str]:
+    """Start a server process that prints its base URL as its first stdout line (its
+    stderr to `log` when given); stop it (SIGTERM to the process we started, nothing
+    else) on exit."""
+    err = log.open("wb") if log else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                            cwd=ROOT)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -73,6 +77,8 @@ def _process_url(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if err:
+            err.close()
 
 
 @contextlib.contextmanager
@@ -82,8 +88,10 @@ def _server(args: argparse.Namespace) -> Iterator[str]:
         return
     env = dict(os.environ, FHIR_SPINE_STOP_WITH_PID=str(os.getpid()))
     env.setdefault("FHIR_SPINE_PYTHON", sys.executable)
-    print("starting the HAPI FHIR test server (first time: builds it) ...", flush=True)
-    with _process_url(["bash", "tests/servers/start.sh", "hapi"], env) as url:
+    log = Path(tempfile.gettempdir()) / f"fhir-spine-bench-hapi-{os.getpid()}.log"
+    print(f"starting the HAPI FHIR test server (first time: builds it; log {log}) ...",
+          flush=True)
+    with _process_url(["bash", "tests/servers/start.sh", "hapi"], env, log) as url:
         load = [sys.executable, "-m", "fhir_spine.cli.main", "--quiet", "load",
                 "--server", url] + ([str(args.source)] if args.source else [])
         print(f"loading {args.source or 'the demo cohort'} into {url} ...", flush=True)
