@@ -120,6 +120,9 @@ def _record(live: str, store: Path) -> tuple[Workload, dict[str, str]]:
                 client(base, work)
             except Exception as exc:  # noqa: BLE001 - a peer's failure is a result
                 errors[name] = _reason(exc)
+        if proxy.failures:
+            raise SystemExit(f"the live server stopped answering while recording "
+                             f"({len(proxy.failures)} requests, first {proxy.failures[0]})")
         proxy.save(store)
     finally:
         proxy.shutdown()

@@ -90,6 +90,7 @@ class RecordingProxy(_Server):
         super().__init__()
         self.upstream_origin = origin(upstream_base)
         self.store: Store = {}
+        self.failures: list[str] = []  # requests the upstream did not answer
         self._lock = threading.Lock()
         self._session = threading.local()
 
@@ -97,8 +98,13 @@ class RecordingProxy(_Server):
         session = getattr(self._session, "s", None)
         if session is None:
             session = self._session.s = requests.Session()
-        response = session.get(self.upstream_origin + target, timeout=600,
-                               headers={"Accept": "application/fhir+json"})
+        try:
+            response = session.get(self.upstream_origin + target, timeout=600,
+                                   headers={"Accept": "application/fhir+json"})
+        except requests.RequestException as exc:  # the client sees why, not a reset
+            self.failures.append(f"{target}: {type(exc).__name__}")
+            return 502, (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                         b'"code":"transient","diagnostics":"upstream unreachable"}]}')
         body = rewrite_links(response.content, self.upstream_origin, self.base_origin)
         with self._lock:
             self.store[target] = (response.status_code, body)
