@@ -8,11 +8,14 @@ Points (all in one run, each the median of --repeat runs, floor and ours interle
    -C /tmp/synthea` then `--synthea /tmp/synthea/SYNTHEA`): the `orjson` parse floor (one
    core) vs `extract --jobs 1` and default jobs; ratio floor/extract, peak RSS, issues
    rows per resource read.
-2. synthetic NDJSON (`fhir-spine synth`) at each --patients: time, resources/s, peak
-   RSS, ratio to its parse floor, and the time ratio of the largest to the smallest.
+2. synthetic NDJSON (`fhir-spine synth --background N`: N irrelevant resources per patient
+   on average besides the pathway's ~33) at each --patients: the generator's own time and
+   peak RSS, then extract time, resources/s, peak RSS, ratio to its parse floor, and the
+   time ratio of the largest to the smallest.
 3. view flattening alone on the same rows: compiled vs fhirpathpy vs the parse floor.
-(REST, point 4, is not measured yet.) Prints a table and writes it as JSON. Numbers
-depend on the machine and its load: the load average is recorded with them.
+Point 4 (REST) is `bench_rest.py`; `make bench` runs both. Prints a table and writes it
+as JSON. Numbers depend on the machine and its load: the load average is recorded with
+them.
 """
 
 from __future__ import annotations
@@ -68,6 +71,20 @@ def run_extract(source: Path, out: Path, jobs: int | None) -> dict[str, Any]:
     issues = sum(manifest["issues"].values())
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "read": read,
             "issues_rows": issues, "status": os.waitstatus_to_exitcode(status)}
+
+
+def run_synth(patients: int, background: int, out: Path) -> dict[str, Any]:
+    """Generate the cohort once; its time and peak RSS (the generator streams per patient)."""
+    cmd = [sys.executable, "-m", "fhir_spine.cli.main", "--quiet", "synth", "--patients",
+           str(patients), "--seed", "1", "--background", str(background), "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"synth --patients {patients} failed")
+    seconds = time.perf_counter() - start
+    return {"point": f"synth-{patients}", "what": f"synth --background {background}",
+            "seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def median(values: list[float]) -> float:
@@ -136,6 +153,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthea", type=Path, help="folder of the Synthea bundles")
     parser.add_argument("--patients", type=int, nargs="*", default=[10000, 100000])
+    parser.add_argument("--background", type=int, default=30,
+                        help="synth --background: irrelevant resources per patient")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--view-resources", type=int, default=20000)
     parser.add_argument("--json", type=Path, default=Path("bench-speed.json"))
@@ -150,9 +169,7 @@ def main() -> None:
         synth_seconds: dict[int, float] = {}
         for n in args.patients:
             src = tmp / f"synth-{n}"
-            subprocess.run([sys.executable, "-m", "fhir_spine.cli.main", "--quiet", "synth",
-                            "--patients", str(n), "--seed", "1", "--out", str(src)],
-                           check=True, stdout=subprocess.DEVNULL)
+            rows.append(run_synth(n, args.background, src))
             point = corpus_point(f"synth-{n}", src, args.repeat, tmp, [1])
             synth_seconds[n] = point[-1]["seconds"]
             rows += point

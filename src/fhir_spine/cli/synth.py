@@ -33,34 +33,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--timezone", default="UTC",
                    help="site time zone (IANA name) the ground-truth dates are in "
                    "(default UTC)")
+    p.add_argument("--background", type=int, default=0, metavar="N",
+                   help="add on average N irrelevant resources per patient (vital signs, "
+                   "labs, unrelated visits and problems, immunizations, allergies), as a "
+                   "real export has; they change no ground-truth cell (default 0)")
     p.set_defaults(func=run)
 
 
 def _check_out(out: Path) -> None:
     """Refuse to scatter files into a folder that holds something other than a cohort."""
-    from fhir_spine.synth import FILES
+    from fhir_spine.synth import BACKGROUND_FILES, FILES
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES + BACKGROUND_FILES)
         if foreign:
             raise UsageError(f"--out {out} holds files synth did not write ({foreign[0]}, ...); "
                              "choose an empty or new folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from fhir_spine.synth import generate, write_cohort
+    from fhir_spine.synth import plan_cohort, write_cohort
 
     if args.patients < 1:
         raise UsageError("--patients must be at least 1")
+    background = getattr(args, "background", 0)
+    if background < 0:
+        raise UsageError("--background must be 0 or more")
     try:
         ZoneInfo(args.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise UsageError(f"--timezone {args.timezone!r} is not a known IANA time zone") from None
     _check_out(args.out)
-    cohort = generate(args.patients, args.seed, args.timezone)
-    write_cohort(cohort, args.out)
+    cohort = plan_cohort(args.patients, args.seed, args.timezone)
+    write_cohort(cohort, args.out, background)
     included = sum(r["included"] == "true" for r in cohort.truth)
     from fhir_spine.summary import note
 

@@ -6,7 +6,8 @@ Pipeline, one module per step: `cohort` (who is included, calibrated traits) and
 (validated FHIR R4 JSON) -> `write` (NDJSON / Bundle / ground truth files).
 """
 
-from fhir_spine.synth.generate import Cohort, GenerationError, generate
-from fhir_spine.synth.write import FILES, render_files, write_cohort
+from fhir_spine.synth.generate import Cohort, CohortPlan, GenerationError, generate, plan_cohort
+from fhir_spine.synth.write import BACKGROUND_FILES, FILES, render_files, write_cohort
 
-__all__ = ["FILES", "Cohort", "GenerationError", "generate", "render_files", "write_cohort"]
+__all__ = ["BACKGROUND_FILES", "FILES", "Cohort", "CohortPlan", "GenerationError", "generate",
+           "plan_cohort", "render_files", "write_cohort"]

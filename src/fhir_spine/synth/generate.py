@@ -17,7 +17,8 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from fhir_spine.synth import truth
-from fhir_spine.synth.build import Built, build_patient
+from fhir_spine.synth.background import background
+from fhir_spine.synth.build import Builder, Built
 from fhir_spine.synth.calibrate import shuffled
 from fhir_spine.synth.cohort import CohortSizes, cohort_sizes, included_traits
 from fhir_spine.synth.excluded import excluded_traits
@@ -44,14 +45,30 @@ class GenerationError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Cohort:
+class CohortPlan:
+    """Every patient's plan and truth, before any FHIR: small enough for 100,000 patients.
+
+    `build(i)` renders patient i's resources; the writer calls it one patient at a time so
+    that the resources of a large cohort are never all in memory.
+    """
+
     patients: int
     seed: int
     timezone: str
     sizes: CohortSizes
     plans: list[PatientPlan]
-    resources: list[list[Built]]  # per patient, Patient first
     truth: list[dict[str, str]]  # per patient, truth.COLUMNS
+
+    def build(self, index: int, background_mean: int = 0) -> list[Built]:
+        """Patient `index` (0-based) as FHIR, Patient first, then `background_mean` on
+        average irrelevant resources (`synth.background`; 0: none, the default cohort)."""
+        builder = Builder(self.plans[index], ZoneInfo(self.timezone), self.seed)
+        return builder.build() + background(builder, background_mean)
+
+
+@dataclass(frozen=True)
+class Cohort(CohortPlan):
+    resources: list[list[Built]]  # per patient, Patient first
 
 
 def _stream(seed: int, label: str) -> random.Random:
@@ -85,6 +102,14 @@ def _all_traits(seed: int, intents: list[str], sizes: CohortSizes) -> list[Trait
 
 
 def generate(patients: int, seed: int, timezone: str = "UTC") -> Cohort:
+    """The whole cohort with its resources in memory (the demo, the tests)."""
+    plan = plan_cohort(patients, seed, timezone)
+    return Cohort(plan.patients, plan.seed, plan.timezone, plan.sizes, plan.plans, plan.truth,
+                  [plan.build(i) for i in range(len(plan.plans))])
+
+
+def plan_cohort(patients: int, seed: int, timezone: str = "UTC") -> CohortPlan:
+    """Plans and truth for every patient, checked against their intents; no FHIR yet."""
     if patients < 1:
         raise ValueError("a cohort needs at least one patient")
     zone = ZoneInfo(timezone)
@@ -116,8 +141,7 @@ def generate(patients: int, seed: int, timezone: str = "UTC") -> Cohort:
     after = [truth.truth_row(p) for p in plans]
     for plan, old, new in zip(plans, before, after, strict=True):
         _check_unchanged(plan, old, new)
-    resources = [build_patient(p, zone, seed) for p in plans]
-    return Cohort(patients, seed, timezone, sizes, plans, resources, after)
+    return CohortPlan(patients, seed, timezone, sizes, plans, after)
 
 
 def _check_unchanged(plan: PatientPlan, old: dict[str, str], new: dict[str, str]) -> None:

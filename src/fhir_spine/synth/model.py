@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from fhir_spine.synth.vocab import Code, Tumour
 
 
-@dataclass
+@dataclass(slots=True)
 class When:
     """A moment in site-local wall-clock time, and how precisely the source recorded it.
 
@@ -47,7 +47,7 @@ class When:
         return When(self.local + delta, self.precision, self.render_offset)
 
 
-@dataclass
+@dataclass(slots=True)
 class EncounterPlan:
     key: str
     cls: str  # v3-ActCode: IMP | EMER | AMB
@@ -60,7 +60,7 @@ class EncounterPlan:
     status: str = "finished"
 
 
-@dataclass
+@dataclass(slots=True)
 class ProcedurePlan:
     key: str
     kind: str  # biopsy | stabilization | revision | decompression | resection | separation |
@@ -76,7 +76,7 @@ class ProcedurePlan:
     use_period: bool = True  # performedPeriod, else performedDateTime
 
 
-@dataclass
+@dataclass(slots=True)
 class ReportPlan:
     key: str
     issued: When
@@ -89,7 +89,7 @@ class ReportPlan:
     tumour_group: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ConditionPlan:
     key: str
     role: str  # primary | lesion | metastasis | benign
@@ -102,7 +102,7 @@ class ConditionPlan:
     verification: str = "confirmed"
 
 
-@dataclass
+@dataclass(slots=True)
 class MedicationPlan:
     key: str
     drug: str  # vocab.DRUGS key
@@ -114,7 +114,7 @@ class MedicationPlan:
     with_rxnorm: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class AdministrationPlan:
     key: str
     drug: str
@@ -123,7 +123,7 @@ class AdministrationPlan:
     status: str = "completed"
 
 
-@dataclass
+@dataclass(slots=True)
 class ObservationPlan:
     key: str
     measure: str
@@ -133,7 +133,7 @@ class ObservationPlan:
     style: str = "default"  # default | integer | quantity | code | period
 
 
-@dataclass
+@dataclass(slots=True)
 class Scores:
     """Patient-reported and clinical scores, as planned (one decimal where continuous)."""
 
@@ -144,7 +144,7 @@ class Scores:
     asa: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Traits:
     """Per-patient draws that the timeline turns into events.
 
@@ -178,7 +178,7 @@ class Traits:
     wanted_variants: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class PatientPlan:
     index: int
     pid: str  # readable id prefix (p001)
