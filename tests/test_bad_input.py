@@ -48,7 +48,11 @@ def test_bad_input_becomes_issue_rows_and_error_exit(tmp_path):
     counted = json.loads((out / "manifest.json").read_text())["set_aside_counted"]
     assert counted["unmapped-code"] == {"Procedure": 1}
     assert counted["unsupported-type"] == {"Basic": 1}
-    assert "invalid" in by_code["invalid-resource"]
+    # `invalid` (status 42) is a second biopsy the pathway does not use: `warn` validates
+    # only what is used (issue 16), so it is an unused event and no invalid-resource row
+    assert "invalid-resource" not in by_code
+    events = pd.read_parquet(out / "events.parquet").set_index("resource_id")
+    assert not events.loc["invalid", "used"] and events.loc["bx", "used"]
     assert issues.loc[issues["code"] == "malformed-json", "origin"].tolist() == [
         "Procedure.ndjson:6"]
     manifest = json.loads((out / "manifest.json").read_text())

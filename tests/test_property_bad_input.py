@@ -10,9 +10,10 @@ references in every form. For every batch:
 - the accounting balances (read = used + set aside, nothing unaccounted);
 - every item read is traceable to a patient, an events row, an observation or an
   issues row that says why it was set aside;
-- each problem is an issues row: an invalid resource (FHIR models) has an
-  `invalid-resource` row, a bad date an `unparseable-date` / `partial-date` row, an
-  unusable subject a `no-patient-reference` / `missing-patient` row.
+- each problem is an issues row: an invalid resource (FHIR models) the pathway uses has
+  an `invalid-resource` row (`warn` validates nothing else: issue 16), a bad date an
+  `unparseable-date` / `partial-date` row, an unusable subject a
+  `no-patient-reference` / `missing-patient` row.
 
 The bugs these properties found (offsets past +-14:00, instants at the calendar's ends,
 non-string codes and ids, JSON text in primitive-extension slots) are fixed; each keeps
@@ -39,7 +40,6 @@ from hypothesis import strategies as st
 
 from fhir_spine.pathway.time import UnparseableTime, parse_when
 from fhir_spine.pipeline import extract
-from fhir_spine.prefilter import Prefilter
 from fhir_spine.settings import load_mappings
 from fhir_spine.sources.files import RawResource, ReadProblem, iter_folder
 from fhir_spine.tables import build_tables
@@ -47,7 +47,6 @@ from fhir_spine.validate import validation_problem
 
 MAPPINGS = load_mappings(None, {})
 PATHWAY_TYPES = set(MAPPINGS.views)
-PREFILTER = Prefilter(MAPPINGS.concepts)
 FAST = settings(max_examples=int(os.environ.get("FHIR_SPINE_HYPOTHESIS_EXAMPLES", "100")),
                 deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
@@ -349,6 +348,16 @@ def _check_invariants(items, extraction, tables=None) -> None:
     traced |= {("Medication", m) for m in extraction.referenced_medications}
     origins = {o for *_, o, aside in issues if aside}
     flagged = {(t, r, c) for _, c, _, t, r, _, _ in issues}
+    # what `warn` validates: the resources used, and Medications that may be (pending)
+    used = {d.source.key for r in extraction.results for d in r.decisions if d.used}
+    used |= {m.source.key for _, m in extraction.measurements}
+    used |= {("Patient", p) for p in extraction.patients}
+    used |= {("Medication", m) for m in extraction.pending_medications}
+    warned = {(t, r) for sev, c, _, t, r, _, _ in issues
+              if c == "invalid-resource" and sev == "warning"}
+    assert warned <= used, warned - used
+    read_twice = Counter((str(i.resource.get("resourceType")), str(i.resource.get("id")))
+                         for i in items if isinstance(i, RawResource))
     # set aside needing no attention: counted per type, not a row (pipeline.QUIET_REASONS)
     counted: Counter[str] = Counter()
     for by_type in extraction.set_aside_counted.values():
@@ -362,10 +371,9 @@ def _check_invariants(items, extraction, tables=None) -> None:
         rtype, rid = str(r.get("resourceType")), str(r.get("id") or "")
         if (rtype, rid) not in traced and item.origin not in origins:
             untraced[rtype] += 1
-        # each problem is an issues row: an invalid resource that can matter to the
-        # pathway is flagged as such (`warn` validates only those: prefilter.py)
-        string_id = isinstance(r.get("id"), str) and r["id"].strip()
-        if rtype in PATHWAY_TYPES and string_id and PREFILTER.may_matter(r) \
+        # each problem is an issues row: an invalid resource the pathway uses is flagged
+        # as such (`warn` validates only those; of a resource read twice, the one kept)
+        if (rtype, rid) in used and read_twice[(rtype, rid)] == 1 \
                 and validation_problem(r) is not None:
             assert (rtype, rid, "invalid-resource") in flagged, f"{rtype}/{rid} not flagged"
     assert all(n <= counted[t] for t, n in untraced.items()), (untraced, counted)
@@ -613,5 +621,9 @@ def test_non_string_or_blank_id_is_set_aside(rid):
 
 def test_primitive_extension_holding_json_text_is_a_validation_issue():
     patient = {**copy.deepcopy(BASE["Patient"]), "_birthDate": "1"}
-    extraction = extract([RawResource(patient, "x")], MAPPINGS, validation="warn")
+    extraction = extract([RawResource(patient, "x")], MAPPINGS, validation="strict")
     assert "invalid-resource" in _issue_codes(extraction)
+    # `warn`: the view cannot flatten it, so it is set aside as such and, not used, never
+    # validated (issue 16)
+    extraction = extract([RawResource(patient, "x")], MAPPINGS, validation="warn")
+    assert _issue_codes(extraction) == {"view-failed"} and not extraction.patients

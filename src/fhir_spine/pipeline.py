@@ -1,11 +1,14 @@
 """The extraction run: source items -> view rows -> records -> pathway -> `Extraction`.
 
 Raw resources are flattened as soon as they are read, so only the (small) rows are kept
-in memory, never the whole raw export. Every item read is accounted for: it is used, or
-it is set aside with a reason in `events` or `issues` (`Accounting`). The one exception
-is a Medication that gave a row: whether it is used depends on every order of the
-dataset, which one extraction may not hold (a refresh recomputes patients one by one),
-so it stays `pending` until `dataset.build_dataset` sees them all.
+in memory, never the whole raw export; with `--validation warn` the raw dicts of the
+resources that may matter (prefilter.py) wait too, until the accounting knows which ones
+the pathway uses: only those are validated (issue 16), then all are dropped. Every item
+read is accounted for: it is used, or it is set aside with a reason in `events` or
+`issues` (`Accounting`). The one exception is a Medication that gave a row: whether it
+is used depends on every order of the dataset, which one extraction may not hold (a
+refresh recomputes patients one by one), so it stays `pending` until
+`dataset.build_dataset` sees them all.
 
 The result is immutable: per-patient inputs and results, issues, code counts and
 counts. `dataset.py` turns one or several of them into the published tables.
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from fhir_spine import review, what_if
 from fhir_spine.contained import contained_rows
@@ -40,6 +45,12 @@ from fhir_spine.views.runner import CompiledView, compile_view
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+# A raw resource waiting for its validation: the dict, or in a file part its JSON (see
+# `_compact`).
+_Raw = dict[str, Any] | bytes
+# A kept resource: type, id, its view rows, and its raw resource while its validation
+# waits for the accounting (`warn`), else None.
+_Entry = tuple[str, str, list[Row], _Raw | None]
 
 
 @dataclass(frozen=True)
@@ -143,8 +154,8 @@ def extract(
 
 def extract_files(source: FileSource, mappings: Mappings, *, validation: Mode = "warn",
                   jobs: int = 1, progress: Callable[[int], None] | None = None) -> Extraction:
-    """`extract` over a folder, its files read, pre-filtered, validated and flattened in
-    `jobs` processes (issue 16). Each file is one unit whatever `jobs` is, and the units
+    """`extract` over a folder, its files read, pre-filtered and flattened in `jobs`
+    processes (issue 16). Each file is one unit whatever `jobs` is, and the units
     are merged in file order (duplicates decided then, as reading them in order would),
     so the same folder gives the same tables for any `jobs`. Export artefacts are added
     to `source.export_artefacts`."""
@@ -170,9 +181,10 @@ def extract_files(source: FileSource, mappings: Mappings, *, validation: Mode = 
 @dataclass
 class _FilePart:
     """What one file gave: kept view rows in reading order (duplicates not yet decided),
-    the problems, counts and export artefacts."""
+    each with its raw resource when `warn` validates it once it is known to be used
+    (else None), the problems, counts and export artefacts."""
 
-    entries: list[tuple[str, str, list[Row]]]
+    entries: list[_Entry]
     issues: list[Issue]
     quiet: dict[str, Counter[str]]
     read_by_type: Counter[str]
@@ -182,25 +194,40 @@ class _FilePart:
 
 
 _WORKER: tuple[Path, Mappings, Mode] | None = None
-_WORKER_READER: dict[int, tuple[Mappings, _Reader]] = {}
+_WORKER_READER: dict[tuple[int, Mode], tuple[Mappings, _Reader]] = {}
 
 
 def _read_file(path: Path) -> _FilePart:
     assert _WORKER is not None
     folder, mappings, validation = _WORKER
-    cached = _WORKER_READER.get(id(mappings))  # views compiled once per process
+    # views compiled once per process, for these mappings and this validation mode
+    cached = _WORKER_READER.get((id(mappings), validation))
     if cached is None or cached[0] is not mappings:
         _WORKER_READER.clear()
         cached = (mappings, _new_reader(mappings, validation))
-        _WORKER_READER[id(mappings)] = cached
+        _WORKER_READER[(id(mappings), validation)] = cached
     reader = cached[1]
     reader.reset(collect=True)
     artefacts: list[ExportArtefact] = []
     for item in iter_file(folder, path, artefacts):
         reader.read(item)
     assert reader.entries is not None
-    return _FilePart(reader.entries, reader.issues, reader.quiet, reader.read_by_type,
+    entries = [(rtype, rid, rows, _compact(raw)) for rtype, rid, rows, raw in reader.entries]
+    return _FilePart(entries, reader.issues, reader.quiet, reader.read_by_type,
                      reader.count, reader.aside, artefacts)
+
+
+def _compact(raw: _Raw | None) -> _Raw | None:
+    """A raw resource as its JSON: a file part is pickled back from its worker, and the
+    parent keeps these until the accounting, so bytes (about 5 x smaller than the dict's
+    objects) keep both cheap. Exact: files are parsed by orjson, so their values are
+    what orjson writes back; anything it cannot write stays a dict."""
+    if isinstance(raw, dict):
+        try:
+            return orjson.dumps(raw)
+        except (TypeError, orjson.JSONEncodeError):
+            return raw
+    return raw
 
 
 def _merge_all(reader: _Reader, source: FileSource, parts: Iterable[_FilePart],
@@ -213,8 +240,8 @@ def _merge_all(reader: _Reader, source: FileSource, parts: Iterable[_FilePart],
         reader.count += part.count
         reader.aside += part.aside
         source.export_artefacts.extend(part.artefacts)
-        for rtype, rid, rows in part.entries:
-            reader.keep(rtype, rid, rows)
+        for rtype, rid, rows, raw in part.entries:
+            reader.keep(rtype, rid, rows, raw)
         if progress is not None:
             progress(part.count)
 
@@ -255,7 +282,8 @@ def _finish(reader: _Reader, mappings: Mappings) -> Extraction:
     undecided = decider.take_issues() if decider is not None else []
     codes = what_if.annotate(normalised.codes, rows, results, mappings)
 
-    counts, pending = _account(reader, normalised, results)
+    counts, pending, used = _account(reader, normalised, results)
+    reader.issues.extend(_validate_used(reader, used | {("Medication", m) for m in pending}))
     quiet = reader.quiet
     normalise_issues = count_quiet(quiet, [*normalised.issues, *undecided])
     return Extraction(
@@ -284,7 +312,11 @@ class _Reader:
         """Empty; with `collect`, kept rows go to `entries` in reading order, duplicates
         undecided (a file part of `extract_files`, merged with `keep`)."""
         self.rows: dict[str, dict[str, list[Row]]] = {t: {} for t in self.views}
-        self.entries: list[tuple[str, str, list[Row]]] | None = [] if collect else None
+        # `warn`: the raw dict of each kept resource that may matter, validated in
+        # `_finish` once the accounting knows it is used, then dropped. A side map, not a
+        # row key, so nothing raw reaches the rows, the tables or what_if's reruns.
+        self.unvalidated: dict[tuple[str, str], _Raw] = {}
+        self.entries: list[_Entry] | None = [] if collect else None
         self.read_by_type: Counter[str] = Counter()
         self.issues: list[Issue] = []
         self.quiet: dict[str, Counter[str]] = {}  # reason -> type -> set aside, no row
@@ -326,20 +358,22 @@ class _Reader:
                 f"has a non-string id ({type(raw_id).__name__})"
             set_aside("error", "no-id", f"{rtype} at {item.origin} {shown}")
             return
-        # Validation where it pays: `warn` validates only what can matter to the pathway
-        # (prefilter.py); `strict` validates every resource of a type it reads. What
-        # cannot matter is flattened by its accounting view only.
+        # Validation where it pays: `strict` validates every resource of a type the
+        # pathway reads, here, and sets the invalid ones aside; `warn` validates later,
+        # only what the pathway uses (`_validate_used`), so it keeps the raw dict of what
+        # can matter (prefilter.py). What cannot matter is flattened by its accounting
+        # view only.
         can_matter = self.prefilter.may_matter(resource)
+        raw: dict[str, Any] | None = None
         if not can_matter and self.validation != "strict" and rtype in self.accounting:
             view = self.accounting[rtype]
-        elif self.validation == "strict" or (self.validation == "warn" and can_matter):
+        elif self.validation == "strict":
             problem = validation_problem(resource)
             if problem is not None:
-                if self.validation == "strict":
-                    set_aside("error", "invalid-resource", problem)
-                    return
-                self.issues.append(Issue("warning", "invalid-resource", problem, "", rtype,
-                                         rid, item.origin))
+                set_aside("error", "invalid-resource", problem)
+                return
+        elif self.validation == "warn" and can_matter:
+            raw = resource
         try:
             rows = view_rows(REGISTRY[rtype], view, resource, self.files.get(rtype, ""))
         except ConfigError:
@@ -356,19 +390,21 @@ class _Reader:
             inner = contained_rows(resource, self.views)
             rows = [{**r, "_contained": inner} for r in rows]
         if self.entries is not None:
-            self.entries.append((rtype, rid, rows))
+            self.entries.append((rtype, rid, rows, raw))
             return
-        self.keep(rtype, rid, rows)
+        self.keep(rtype, rid, rows, raw)
 
-    def keep(self, rtype: str, rid: str, rows: list[Row]) -> None:
-        """Keep a resource's rows; of two with one type and id, the newer
-        `meta.lastUpdated` (on a tie the later read), the other an issues row."""
+    def keep(self, rtype: str, rid: str, rows: list[Row], raw: _Raw | None = None) -> None:
+        """Keep a resource's rows (and its raw dict, to validate if used); of two with one
+        type and id, the newer `meta.lastUpdated` (on a tie the later read), the other an
+        issues row."""
         previous = self.rows[rtype].get(rid)
         if previous is not None:
-            keep, drop = (rows, previous) \
-                if rows[0]["_last_updated"] >= previous[0]["_last_updated"] \
-                else (previous, rows)
+            newer = rows[0]["_last_updated"] >= previous[0]["_last_updated"]
+            keep, drop = (rows, previous) if newer else (previous, rows)
             self.rows[rtype][rid] = keep
+            if newer:
+                self._unvalidated(rtype, rid, raw)
             self.issues.append(Issue(
                 "warning", "duplicate-resource",
                 f"{rtype}/{rid} read twice; kept the version from {keep[0]['_origin']}", "",
@@ -376,12 +412,36 @@ class _Reader:
             self.aside += 1
             return
         self.rows[rtype][rid] = rows
+        self._unvalidated(rtype, rid, raw)
+
+    def _unvalidated(self, rtype: str, rid: str, raw: _Raw | None) -> None:
+        if raw is None:
+            self.unvalidated.pop((rtype, rid), None)
+        else:
+            self.unvalidated[(rtype, rid)] = raw
+
+
+def _validate_used(reader: _Reader, used: set[tuple[str, str]]) -> list[Issue]:
+    """`warn`: validate the kept resources in `used` (by type, then id: the order does not
+    depend on how the source listed them), a warning row each invalid one, with the
+    origin of the version kept; then drop every raw dict kept for it."""
+    issues = []
+    for key in sorted(reader.unvalidated.keys() & used):
+        raw = reader.unvalidated[key]
+        problem = validation_problem(orjson.loads(raw) if isinstance(raw, bytes) else raw)
+        if problem is not None:
+            rtype, rid = key
+            issues.append(Issue("warning", "invalid-resource", problem, "", rtype, rid,
+                                str(reader.rows[rtype][rid][0]["_origin"])))
+    reader.unvalidated.clear()
+    return issues
 
 
 def _account(reader: _Reader, normalised: Normalised, results: tuple[PatientResult, ...]
-             ) -> tuple[Accounting, dict[str, str]]:
+             ) -> tuple[Accounting, dict[str, str], set[tuple[str, str]]]:
     """Give every kept resource exactly one disposition: used, set aside with a reason,
-    or (a Medication with a row) pending until the dataset knows every order."""
+    or (a Medication with a row) pending until the dataset knows every order. Returns
+    the counts, the pending Medications (id -> origin) and the kept resources used."""
     used: set[tuple[str, str]] = {("Patient", pid) for pid in normalised.inputs}
     aside: set[tuple[str, str]] = set()
     for result in results:
@@ -392,19 +452,20 @@ def _account(reader: _Reader, normalised: Normalised, results: tuple[PatientResu
     for issue in (*reader.issues, *normalised.issues):
         if issue.sets_aside and issue.resource_id and issue.code != "duplicate-resource":
             counted_issue_keys.add((issue.resource_type, issue.resource_id))
-    n_used, n_aside = 0, reader.aside
+    n_aside = reader.aside
+    kept_used: set[tuple[str, str]] = set()
     pending: dict[str, str] = {}
     unaccounted: list[str] = []
     for rtype, by_id in reader.rows.items():
         for rid, rows in by_id.items():
             key = (rtype, rid)
             if key in used:
-                n_used += 1
+                kept_used.add(key)
             elif key in aside or key in counted_issue_keys:
                 n_aside += 1
             elif rtype == "Medication" and rid in normalised.medications:
                 pending[rid] = str(rows[0]["_origin"])
             else:
                 unaccounted.append(f"{rtype}/{rid}")
-    counts = Accounting(reader.count, n_used, n_aside, unaccounted)
-    return counts, pending
+    counts = Accounting(reader.count, len(kept_used), n_aside, unaccounted)
+    return counts, pending, kept_used

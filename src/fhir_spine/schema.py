@@ -203,7 +203,8 @@ ISSUES = [
     Column("resource_id", "string", "FHIR logical id, when known", deid="pseudonym"),
     Column("code", "string", "problem code, e.g. malformed-json, missing-patient, "
            "unparseable-date, partial-date, no-date, partial-birth-date, "
-           "unresolved-medication, invalid-resource; one row per thing a person should "
+           "unresolved-medication, invalid-resource (--validation warn: a resource the "
+           "pathway uses; strict: any, set aside); one row per thing a person should "
            "look at. Resources set aside that need no attention (unsupported-type: a type "
            "the pathway does not read; unmapped-code: a code no concept maps) have no "
            "row: they are counted per reason and type in manifest.json "
