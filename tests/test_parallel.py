@@ -3,10 +3,12 @@ and the same tables as reading its items one by one."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pandas as pd
 
@@ -59,5 +61,46 @@ def test_file_parts_equal_reading_items_in_order(tmp_path):
     for jobs in (1, 2):
         par = build_dataset([part_of(extract_files(FileSource(src), mappings,
                                                    jobs=jobs))]).tables
+        for name in TABLES:
+            pd.testing.assert_frame_equal(getattr(one, name), getattr(par, name))
+
+
+def test_ranges_of_a_large_ndjson_file_equal_reading_it_whole(tmp_path):
+    """The demo's Observations in one file read as many byte ranges (a range size of a
+    few hundred bytes forces it), with a malformed and a blank line, a line longer than a
+    range and a duplicate at boundaries: the same tables, issues and origins as reading
+    each file whole, for --jobs 1 and --jobs 2; the gzip file stays one unit."""
+    src = _folder(tmp_path)
+    observations = [line for path in sorted(src.glob("Observation*.ndjson"))
+                    for line in path.read_text().splitlines()]
+    for path in src.glob("Observation*.ndjson"):
+        path.unlink()
+    long = json.loads(observations[0])
+    long["id"] = "long-one"
+    long["note"] = [{"text": "x" * 2000}]
+    lines = [*observations[:5], "{not json", "", json.dumps(long), observations[3],
+             *observations[5:]]
+    (src / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+    (src / "Encounter.ndjson.gz").write_bytes(
+        gzip.compress((src / "Encounter.ndjson").read_bytes()))
+    (src / "Encounter.ndjson").unlink()
+
+    mappings = load_mappings(None, {})
+    whole = extract(iter_folder(src), mappings)
+    one = build_dataset([part_of(whole)]).tables
+    ranged = FileSource(src, range_bytes=300)
+    units = ranged.units()
+    by_file = Counter(unit.path.name for unit in units)
+    assert by_file["Observation.ndjson"] > 10
+    assert by_file["Encounter.ndjson.gz"] == 1
+    issues = one.issues
+    assert {"malformed-json", "duplicate-resource"} <= set(issues["code"])
+    for jobs in (1, 2):
+        extraction = extract_files(ranged, mappings, jobs=jobs)
+        assert extraction.read_issues == whole.read_issues  # origins `file:line` included
+        assert extraction.counts == whole.counts
+        assert extraction.read_by_type == whole.read_by_type
+        assert extraction.set_aside_counted == whole.set_aside_counted
+        par = build_dataset([part_of(extraction)]).tables
         for name in TABLES:
             pd.testing.assert_frame_equal(getattr(one, name), getattr(par, name))

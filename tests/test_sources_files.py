@@ -4,7 +4,15 @@ import json
 import pytest
 
 from fhir_spine.errors import UsageError
-from fhir_spine.sources.files import RawResource, ReadProblem, iter_folder
+from fhir_spine.sources.files import (
+    FileSource,
+    FileUnit,
+    RawResource,
+    ReadProblem,
+    file_units,
+    iter_file,
+    iter_folder,
+)
 
 
 def _write_ndjson(path, resources, *, gz=False):
@@ -77,3 +85,71 @@ def test_missing_folder_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not a folder"):
         list(iter_folder(tmp_path / "file"))
+
+
+def _ranged_file(path):
+    """A file that a 64-byte range size splits many times: a line longer than a range,
+    blank lines, a malformed line and a Bundle line, some of them right at a boundary."""
+    obs = [json.dumps({"resourceType": "Observation", "id": f"o{i}"}) for i in range(12)]
+    long = json.dumps({"resourceType": "Observation", "id": "long", "note": "x" * 300})
+    bundle = json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:p9", "resource": {"resourceType": "Patient", "id": "p9"}},
+        {"resource": {"resourceType": "Observation", "id": "ob",
+                      "subject": {"reference": "urn:uuid:p9"}}}]})
+    lines = [obs[0], "", obs[1], long, "{not json", obs[2], "", "", bundle, *obs[3:],
+             "", '{"truncated": ']
+    path.write_text("\n".join(lines))  # no newline at the end either
+    return path
+
+
+def _shape(items):
+    return [(type(i).__name__, i.origin, getattr(i, "resource", None),
+             getattr(i, "message", None)) for i in items]
+
+
+@pytest.mark.parametrize("range_bytes", [1, 40, 64, 100, 333])
+def test_ranges_read_in_order_equal_the_file_read_whole(tmp_path, range_bytes):
+    path = _ranged_file(tmp_path / "Observation.ndjson")
+    units = file_units(path, range_bytes)
+    assert len(units) > 2
+    assert units[0].start == 0 and units[-1].end is None
+    for before, after in zip(units, units[1:], strict=False):
+        assert before.end == after.start  # contiguous, nothing skipped or read twice
+        assert path.read_bytes()[after.start - 1:after.start] == b"\n"
+    ranged = [item for unit in units for item in iter_file(tmp_path, unit, [])]
+    whole = list(iter_file(tmp_path, path, []))
+    assert _shape(ranged) == _shape(whole)
+    origins = [i.origin for i in whole]
+    assert "Observation.ndjson:5" in origins  # the malformed line, its own number
+    assert "Observation.ndjson:9#entry[1]" in origins  # a Bundle line unpacked
+    assert origins[-1] == "Observation.ndjson:20"
+
+
+def test_what_is_not_plain_ndjson_or_is_small_stays_one_unit(tmp_path):
+    path = _ranged_file(tmp_path / "Observation.ndjson")
+    (tmp_path / "Observation.ndjson.gz").write_bytes(gzip.compress(path.read_bytes()))
+    (tmp_path / "b.json").write_bytes(path.read_bytes())
+    for name in ("Observation.ndjson.gz", "b.json"):
+        assert file_units(tmp_path / name, 16) == [FileUnit(tmp_path / name)]
+    assert file_units(path, path.stat().st_size) == [FileUnit(path)]
+    (tmp_path / "gone.ndjson").symlink_to(tmp_path / "nowhere.ndjson")
+    assert file_units(tmp_path / "gone.ndjson", 16) == [FileUnit(tmp_path / "gone.ndjson")]
+
+
+def test_a_client_log_is_never_split_and_is_seen_once(tmp_path):
+    event = {"eventId": "export_complete", "kickoffUrl": "https://x/$export",
+             "exportId": "1", "timestamp": "2024-01-01T00:00:00Z",
+             "eventDetail": {"transactionTime": "2024-01-01T00:00:00Z"}}
+    (tmp_path / "log.ndjson").write_text("{bad\n" + "\n".join([json.dumps(event)] * 20))
+    assert file_units(tmp_path / "log.ndjson", 16) == [FileUnit(tmp_path / "log.ndjson")]
+    source = FileSource(tmp_path, range_bytes=16)
+    assert len(source.units()) == 1
+
+
+def test_a_range_of_a_file_that_shrank_says_so(tmp_path):
+    path = _ranged_file(tmp_path / "Observation.ndjson")
+    units = file_units(path, 64)
+    path.write_bytes(path.read_bytes()[:units[1].start + 3])
+    items = list(iter_file(tmp_path, units[1], []))
+    assert items[-1].code == "unreadable-file"
+    assert "changed while it was read" in items[-1].message

@@ -38,7 +38,14 @@ from fhir_spine.pathway.model import PatientInput, PatientResult
 from fhir_spine.prefilter import CODED_TYPES, Prefilter, accounting_view
 from fhir_spine.settings import DEFAULT_MAPPINGS, Mappings
 from fhir_spine.sources.export_artefacts import ExportArtefact
-from fhir_spine.sources.files import FileSource, RawResource, ReadProblem, SourceItem, iter_file
+from fhir_spine.sources.files import (
+    FileSource,
+    FileUnit,
+    RawResource,
+    ReadProblem,
+    SourceItem,
+    iter_file,
+)
 from fhir_spine.validate import Mode, validation_problem
 from fhir_spine.views.runner import CompiledView, compile_view
 
@@ -155,23 +162,28 @@ def extract(
 def extract_files(source: FileSource, mappings: Mappings, *, validation: Mode = "warn",
                   jobs: int = 1, progress: Callable[[int], None] | None = None) -> Extraction:
     """`extract` over a folder, its files read, pre-filtered and flattened in `jobs`
-    processes (issue 16). Each file is one unit whatever `jobs` is, and the units
-    are merged in file order (duplicates decided then, as reading them in order would),
-    so the same folder gives the same tables for any `jobs`. Export artefacts are added
-    to `source.export_artefacts`."""
+    processes (issue 16). The units are the folder's files, a large plain NDJSON file
+    split into line-aligned byte ranges (`FileSource.units`), the same whatever `jobs`
+    is; they are merged in file then byte order (duplicates decided then, as reading
+    them in order would), so the same folder gives the same tables for any `jobs`, and
+    the same as reading each file whole. Export artefacts are added to
+    `source.export_artefacts`."""
     reader = _new_reader(mappings, validation)
-    files = source.files()
+    units = source.units()
     source.export_artefacts.clear()
     global _WORKER  # noqa: PLW0603 - inherited by the forked workers, never pickled
     _WORKER = (source.folder, mappings, validation)
     try:
-        if jobs <= 1 or len(files) <= 1:
-            parts: Iterable[_FilePart] = map(_read_file, files)
+        if jobs <= 1 or len(units) <= 1:
+            parts: Iterable[_FilePart] = map(_read_file, units)
             _merge_all(reader, source, parts, progress)
         else:
+            # ranges are big, even units: one at a time keeps both cores busy to the end;
+            # whole files are often small, and four at a time save round trips
+            chunksize = 1 if any(not unit.whole for unit in units) else 4
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(min(jobs, len(files))) as pool:
-                _merge_all(reader, source, pool.imap(_read_file, files, chunksize=4),
+            with ctx.Pool(min(jobs, len(units))) as pool:
+                _merge_all(reader, source, pool.imap(_read_file, units, chunksize=chunksize),
                            progress)
     finally:
         _WORKER = None
@@ -180,9 +192,9 @@ def extract_files(source: FileSource, mappings: Mappings, *, validation: Mode = 
 
 @dataclass
 class _FilePart:
-    """What one file gave: kept view rows in reading order (duplicates not yet decided),
-    each with its raw resource when `warn` validates it once it is known to be used
-    (else None), the problems, counts and export artefacts."""
+    """What one unit (a file or a range of one) gave: kept view rows in reading order
+    (duplicates not yet decided), each with its raw resource when `warn` validates it
+    once it is known to be used (else None), the problems, counts and export artefacts."""
 
     entries: list[_Entry]
     issues: list[Issue]
@@ -197,7 +209,7 @@ _WORKER: tuple[Path, Mappings, Mode] | None = None
 _WORKER_READER: dict[tuple[int, Mode], tuple[Mappings, _Reader]] = {}
 
 
-def _read_file(path: Path) -> _FilePart:
+def _read_file(unit: FileUnit) -> _FilePart:
     assert _WORKER is not None
     folder, mappings, validation = _WORKER
     # views compiled once per process, for these mappings and this validation mode
@@ -209,7 +221,7 @@ def _read_file(path: Path) -> _FilePart:
     reader = cached[1]
     reader.reset(collect=True)
     artefacts: list[ExportArtefact] = []
-    for item in iter_file(folder, path, artefacts):
+    for item in iter_file(folder, unit, artefacts):
         reader.read(item)
     assert reader.entries is not None
     entries = [(rtype, rid, rows, _compact(raw)) for rtype, rid, rows, raw in reader.entries]

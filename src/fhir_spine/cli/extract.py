@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_pathway_options(p)
     p.add_argument("--no-csv", action="store_true", help="write Parquet only")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="processes reading a --source folder, one file at a time "
-                   "(default: the machine's cores); the tables are the same for any N")
+                   help="processes reading a --source folder, one file (or 4 MiB range "
+                   "of a large NDJSON file) at a time (default: the machine's cores); "
+                   "the tables are the same for any N")
     p.add_argument("--validation", choices=["off", "warn", "strict"], default="warn",
                    help="FHIR model validation: warn = issues row and keep the resource "
                    "(default); strict = set invalid resources aside; off = skip")

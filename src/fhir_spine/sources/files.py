@@ -16,6 +16,7 @@ recognised as an export artefact: neither a resource read nor an error
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ MAX_BUNDLE_DEPTH = 8
 # anything walks it (real resources are well under 30 deep; 1,000 would exhaust the stack
 # of every recursive reader after this one).
 MAX_JSON_DEPTH = 64
+# A plain NDJSON file larger than this is read as line-aligned byte ranges of about this
+# size, each a unit of a parallel extraction (issue 16): a Bulk Data export is often one
+# Observation file of hundreds of MB, which as one unit leaves every core but one idle.
+# Fixed, not derived from `--jobs`, so the units (and all a worker computes) are the same
+# for any N. Reading (parse, prefilter, views) runs at about 5 MB/s a core, so a 4 MiB
+# range is about a second of work: a unit's own cost (its part pickled back, a newline
+# count over its bytes when the units are made) stays in the noise, and even an 18 MB
+# file gives two cores five units to share (at 32 MiB it would be one unit, no split).
+RANGE_BYTES = 4 * 1024 * 1024
+PLAIN_NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,78 @@ class RawResource:
 
 
 SourceItem = RawResource | ReadProblem
+
+
+@dataclass(frozen=True)
+class FileUnit:
+    """One unit of reading a folder: a whole file, or the lines of a plain NDJSON file from
+    byte `start` (a line's first byte; that line is number `first_line` of the file) up to
+    byte `end` (exclusive, just after a newline; None: to the end of the file).
+
+    Reading a file's units in order gives exactly what reading it whole gives, origins
+    (`file:line`) included. Only the first unit of a file can make it a client log
+    (`may_be_log`): the units are made only after its first JSON line is known not to be
+    a log event."""
+
+    path: Path
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.end is None
+
+
+def file_units(path: Path, range_bytes: int = RANGE_BYTES) -> list[FileUnit]:
+    """`path` as reading units, in reading order: byte ranges of about `range_bytes`
+    (bytes, > 0) ending at a newline when it is a plain NDJSON file larger than that, else
+    one whole-file unit (gzip cannot seek; a JSON file is parsed at once; a file that
+    cannot be opened, or an export client log, is reported or recognised whole).
+
+    Each range's first line number is counted here (newlines of the bytes before it, one
+    C-level `bytes.count` per range), so a worker can name `file:line` origins alone. A
+    line longer than `range_bytes` stays in one range. Never raises: a file that cannot be
+    read here is one whole unit, and reading it reports why."""
+    whole = [FileUnit(path)]
+    if not path.name.lower().endswith(PLAIN_NDJSON_SUFFIXES) or _unopenable(path) is not None:
+        return whole
+    try:
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            if size <= range_bytes or _starts_as_log(handle, range_bytes):
+                return whole
+            units: list[FileUnit] = []
+            start, line = 0, 1
+            while True:
+                handle.seek(start)
+                data = handle.read(range_bytes)
+                rest = handle.readline()  # to the end of the line the range stops in
+                if not rest.endswith(b"\n") or handle.tell() >= size:
+                    units.append(FileUnit(path, start, None, line))
+                    return units if len(units) > 1 else whole
+                end = start + len(data) + len(rest)
+                units.append(FileUnit(path, start, end, line))
+                start, line = end, line + data.count(b"\n") + 1
+    except OSError:
+        return whole
+
+
+def _starts_as_log(handle: IO[bytes], limit: int) -> bool:
+    """Whether the first line of `handle` that is JSON is a client log event (the file is
+    then an export log: one artefact, read whole); also True when no line of its first
+    `limit` bytes is JSON (undecided: whole is always right)."""
+    seen = 0
+    for line in handle:
+        seen += len(line)
+        if line.strip():
+            try:
+                return is_log_event(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass
+        if seen >= limit:
+            return True
+    return True
 
 
 def check_folder(path: Path) -> Path:
@@ -148,8 +231,9 @@ class FileSource:
     Iterate it for the items. `export_artefacts` is filled while iterating: read it
     after the items are consumed (the manifest is written after the run)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, range_bytes: int = RANGE_BYTES) -> None:
         self.folder = check_folder(folder)
+        self.range_bytes = range_bytes
         self.export_artefacts: list[ExportArtefact] = []
 
     def __iter__(self) -> Iterator[SourceItem]:
@@ -165,6 +249,11 @@ class FileSource:
         (`iter_file` reads one: the unit of a parallel extraction, pipeline.extract_files)."""
         return fhir_entries(self.folder)
 
+    def units(self) -> list[FileUnit]:
+        """The folder's files as reading units (`file_units`), in file then byte order:
+        `iter_file` over them in order gives what iterating the source gives."""
+        return [unit for path in self.files() for unit in file_units(path, self.range_bytes)]
+
     @property
     def transaction_time(self) -> str | None:
         """The export's `transactionTime` from its artefacts, if the folder has any."""
@@ -179,10 +268,16 @@ class FileSource:
                 "export_artefacts": [a.summary() for a in self.export_artefacts]}
 
 
-def iter_file(folder: Path, path: Path, artefacts: list[ExportArtefact]
+def iter_file(folder: Path, path: Path | FileUnit, artefacts: list[ExportArtefact]
               ) -> Iterator[SourceItem]:
-    """The items of one file of `folder`; its export artefacts are added to `artefacts`."""
+    """The items of one file of `folder`, or of one unit of it (`file_units`); its export
+    artefacts are added to `artefacts`."""
+    unit = path if isinstance(path, FileUnit) else FileUnit(path)
+    path = unit.path
     name = str(path.relative_to(folder))
+    if not unit.whole:
+        yield from _iter_ndjson(path, name, unpack=True, artefacts=artefacts, unit=unit)
+        return
     why = _unopenable(path)
     if why is not None:
         yield ReadProblem(name, "unreadable-file", f"cannot read {name}: {why}")
@@ -217,8 +312,26 @@ def iter_ndjson_file(path: Path, name: str, *, unpack: bool = True) -> Iterator[
     yield from _iter_ndjson(path, name, unpack=unpack, artefacts=None)
 
 
+def _lines(handle: IO[bytes], unit: FileUnit | None
+           ) -> Iterator[tuple[int, bytes]]:
+    """(line number, line with its newline) of a whole file, or of one range of it."""
+    if unit is None or unit.whole:
+        yield from enumerate(handle, start=1)
+        return
+    handle.seek(unit.start)
+    if unit.end is None:
+        yield from enumerate(handle, start=unit.first_line)
+        return
+    data = handle.read(unit.end - unit.start)  # about RANGE_BYTES, read in one call
+    yield from enumerate(io.BytesIO(data), start=unit.first_line)
+    if len(data) < unit.end - unit.start:
+        raise OSError(f"it ended at byte {unit.start + len(data)}, before byte "
+                      f"{unit.end}: it changed while it was read")
+
+
 def _iter_ndjson(path: Path, name: str, *, unpack: bool,
-                 artefacts: list[ExportArtefact] | None) -> Iterator[SourceItem]:
+                 artefacts: list[ExportArtefact] | None,
+                 unit: FileUnit | None = None) -> Iterator[SourceItem]:
     """`iter_ndjson_file`, plus, when reading a folder (`artefacts` given), what a Bulk
     Data client leaves beside the output:
 
@@ -230,10 +343,10 @@ def _iter_ndjson(path: Path, name: str, *, unpack: bool,
       export), not a resource the pathway ignores in silence.
     """
     export_log: ExportArtefact | None = None
-    first = True
+    first = unit is None or unit.start == 0  # a later range never starts a log
     try:
         with _open(path) as handle:
-            for number, line in enumerate(handle, start=1):
+            for number, line in _lines(handle, unit):
                 if not line.strip():
                     continue
                 origin = f"{name}:{number}"
