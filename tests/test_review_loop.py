@@ -186,12 +186,11 @@ def test_the_rerun_map_keeps_the_terminology_servers_answers():
     the rerun, or the rerun would differ from the run for another reason than the code."""
     from fhir_spine.concepts import Coding
     from fhir_spine.settings import load_mappings
-    from fhir_spine.what_if import _with_code
 
     cmap = load_mappings().concepts
     cmap.decider = object()  # type: ignore[assignment]
     cmap.decide_by_server("secondary-malignancy", "http://snomed.info/sct", "128462008")
-    copy = _with_code(cmap, "procedure", "radiotherapy", "http://site.example", "RT")
+    copy = cmap.with_code("procedure", "radiotherapy", "http://site.example", "RT")
     assert copy.decider is cmap.decider
     assert copy.open_systems() == cmap.open_systems() == {"http://snomed.info/sct"}
     assert copy.lookup("procedure", Coding("http://site.example", "RT")).concept == "radiotherapy"

@@ -211,6 +211,20 @@ class ConceptMap:
         self._cache.clear()
         self._also_cache.clear()
 
+    def with_code(self, group: str, concept: str, system: str, code: str) -> ConceptMap:
+        """A copy with `system|code` listed first under `concept` (in `group`), as a site
+        mapping drafted by the review loop lists it (what_if.py). The terminology server's
+        per-code answers come along (`decider`, the open `is-a` entries: the run's cache,
+        no new request), or a code the run mapped through them would be unmapped in the
+        copy and change a classification for another reason."""
+        entries = {k: list(v) for k, v in self.entries.items()}
+        entries[group] = [_Entry(concept=concept, system=system, code=code),
+                          *entries.get(group, ())]
+        element_of = dict(self.element_of)
+        element_of.setdefault(concept, group)
+        return ConceptMap(entries, dict(self.meanings), element_of, dict(self.system_aliases),
+                          decider=self.decider, _open=self._open)
+
     def open_systems(self) -> frozenset[str]:
         """Systems with an open `is-a` entry and a decider: any code of theirs may map."""
         if self.decider is None:

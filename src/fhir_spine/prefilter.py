@@ -29,6 +29,8 @@ from fhir_spine.lexicon import Lexicon
 
 CODED_TYPES = frozenset({"Procedure", "Condition", "Observation", "DiagnosticReport"})
 _CODED_ELEMENTS = ("code", "category", "bodySite", "conclusionCode", "valueCodeableConcept")
+# the elements whose displays the review loop suggests concepts for (review.group_of)
+_DISPLAY_ELEMENTS = frozenset({"code", "category", "conclusionCode", "component.code"})
 PROFILE_SYSTEM = "urn:fhir-spine:meta.profile"
 # The columns a handler reads before it sets a resource aside as `unmapped-code`
 # (normalise.py: patient, codes counted per element, the profile lookup of Procedure).
@@ -81,67 +83,57 @@ class Prefilter:
         return hit
 
     def may_matter(self, resource: dict[str, Any]) -> bool:
-        if resource.get("resourceType") not in CODED_TYPES:
+        rtype = resource.get("resourceType")
+        if rtype not in CODED_TYPES:
             return True
-        for system, code in _codings(resource):
-            if self.known(system, code):
+        displays: list[tuple[str, str]] = []  # (element, display), for the lexicon
+        for element, coding in _codings(resource):
+            if self.known(str(coding.get("system") or ""), str(coding.get("code") or "")):
                 return True
+            display = coding.get("display")
+            if element in _DISPLAY_ELEMENTS and isinstance(display, str):
+                displays.append((element, display))
         meta = resource.get("meta")
         if isinstance(meta, dict):
             for url in _list(meta.get("profile")):
                 if isinstance(url, str) and self.known(PROFILE_SYSTEM, url):
                     return True
-        return self.lexicon is not None and self._suggests(resource)
+        return self.lexicon is not None and any(
+            self._suggests(str(rtype), element, display) for element, display in displays)
 
-    def _suggests(self, resource: dict[str, Any]) -> bool:
+    def _suggests(self, rtype: str, element: str, display: str) -> bool:
         assert self.lexicon is not None
-        rtype = str(resource.get("resourceType"))
-        for element, display in _displays(resource):
-            group = review.group_of(rtype, f"{rtype}.{element}")
-            if group is None:
-                continue
-            key = (group, display)
-            hit = self._suggested.get(key)
-            if hit is None:
-                hit = self.lexicon.suggest(group, display) is not None
-                self._suggested[key] = hit
-            if hit:
-                return True
-        return False
+        group = review.group_of(rtype, f"{rtype}.{element}")
+        if group is None:
+            return False
+        key = (group, display)
+        hit = self._suggested.get(key)
+        if hit is None:
+            hit = self.lexicon.suggest(group, display) is not None
+            self._suggested[key] = hit
+        return hit
 
 
-def _codings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def _codings(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(element, coding) of every coding the concept groups look up, in one walk."""
     for name in _CODED_ELEMENTS:
-        yield from _of(resource.get(name))
+        for coding in _of(resource.get(name)):
+            yield name, coding
     for component in _list(resource.get("component")):
         if isinstance(component, dict):
-            yield from _of(component.get("code"))
-            yield from _of(component.get("valueCodeableConcept"))
+            for coding in _of(component.get("code")):
+                yield "component.code", coding
+            for coding in _of(component.get("valueCodeableConcept")):
+                yield "component.valueCodeableConcept", coding
 
 
-def _displays(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(element, display) of the codings the review loop reads displays of."""
-    for name in ("code", "category", "conclusionCode"):
-        for concept in _list(resource.get(name)) or [resource.get(name)]:
-            if isinstance(concept, dict):
-                for coding in _list(concept.get("coding")):
-                    if isinstance(coding, dict) and isinstance(coding.get("display"), str):
-                        yield name, coding["display"]
-    for component in _list(resource.get("component")):
-        code = component.get("code") if isinstance(component, dict) else None
-        if isinstance(code, dict):
-            for coding in _list(code.get("coding")):
-                if isinstance(coding, dict) and isinstance(coding.get("display"), str):
-                    yield "component.code", coding["display"]
-
-
-def _of(value: Any) -> Iterator[tuple[str, str]]:
+def _of(value: Any) -> Iterator[dict[str, Any]]:
+    """The coding dicts of a CodeableConcept or a list of them."""
     for concept in value if isinstance(value, list) else (value,):
-        if not isinstance(concept, dict):
-            continue
-        for coding in _list(concept.get("coding")):
-            if isinstance(coding, dict):
-                yield str(coding.get("system") or ""), str(coding.get("code") or "")
+        if isinstance(concept, dict):
+            for coding in _list(concept.get("coding")):
+                if isinstance(coding, dict):
+                    yield coding
 
 
 def _list(value: Any) -> list[Any]:

@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import Any
 
 from fhir_spine import review
-from fhir_spine.concepts import ConceptMap, _Entry
 from fhir_spine.normalise import CodeCount, normalise
 from fhir_spine.pathway.classify import reconstruct
 from fhir_spine.pathway.model import PatientResult
@@ -89,7 +88,7 @@ def _changed(key: tuple[str, str, str, str], concept: str, carriers: list[str],
     group = review.group_of(rtype, element)
     if group is None:
         return frozenset()
-    cmap = _with_code(mappings.concepts, group, concept, system, code)
+    cmap = mappings.concepts.with_code(group, concept, system, code)
     sub: dict[str, list[Row]] = defaultdict(list)
     sub["Medication"] = list(rows.get("Medication", ()))  # orders refer to them by id
     for pid in carriers:
@@ -101,18 +100,3 @@ def _changed(key: tuple[str, str, str, str], concept: str, carriers: list[str],
         if pid in normalised.inputs
         and classification(reconstruct(normalised.inputs[pid], mappings.settings))
         != baseline[pid])
-
-
-def _with_code(cmap: ConceptMap, group: str, concept: str, system: str, code: str
-               ) -> ConceptMap:
-    """A copy of the map with `system|code` listed first under `concept` (in `group`).
-
-    The terminology server's per-code answers come along (`decider` and the open `is-a`
-    entries: the run's cache, so no new request), or a code the run mapped through them
-    would be unmapped in the rerun and change a classification for another reason."""
-    entries = {k: list(v) for k, v in cmap.entries.items()}
-    entries[group] = [_Entry(concept=concept, system=system, code=code), *entries.get(group, ())]
-    element_of = dict(cmap.element_of)
-    element_of.setdefault(concept, group)
-    return ConceptMap(entries, dict(cmap.meanings), element_of, dict(cmap.system_aliases),
-                      decider=cmap.decider, _open=cmap._open)
